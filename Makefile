@@ -1,0 +1,36 @@
+# Every target works as the first command on a fresh clone: train/test/lint install first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install train test test-fast lint format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## The main job: the three formulations on the embedded sample (or MIMIC-CXR when configured).
+train: install
+	$(BIN)/python -m cxr_lightning.train -m formulation=binary,multilabel,multiclass
+
+## The whole test suite (the end-to-end multirun included).
+test: install
+	$(BIN)/python -m pytest -q
+
+## Everything but the end-to-end runs.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check cxr_lightning tests experiments
+
+format: install
+	$(BIN)/ruff format cxr_lightning tests experiments
+
+clean:
+	rm -rf outputs multirun .pytest_cache .ruff_cache
