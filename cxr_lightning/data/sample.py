@@ -1,0 +1,473 @@
+"""Deterministic generator of a small, realistic MIMIC-CXR v2.0.0-format sample.
+
+Writes the MIMIC-CXR-JPG/DICOM layout (``files/pXX/pSUBJECT/sSTUDY/DICOM_ID.dcm``) plus the
+four ``mimic-cxr-2.0.0-*.csv.gz`` tables (chexpert, negbio, metadata, split). Edema and pleural
+effusion labels follow the study cohort's joint distribution and are *visible* in the rendered
+images (see :mod:`cxr_lightning.data.sample_render`), so models can learn them.
+
+The CSVs are written after all images, and a ``SAMPLE_COMPLETE`` JSON marker last, so a
+half-written sample is never mistaken for a complete one (:func:`is_complete_sample`).
+
+Usage::
+
+    python -m cxr_lightning.data.sample --out DIR --n-subjects 400 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gzip
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxr_lightning.data.sample_render import (
+    DicomStyle,
+    ImageSpec,
+    StudyFindings,
+    write_image,
+)
+
+logger = logging.getLogger(__name__)
+
+GENERATOR_VERSION = "1.0"
+MARKER_FILE = "SAMPLE_COMPLETE"
+CHEXPERT_FILE = "mimic-cxr-2.0.0-chexpert.csv.gz"
+NEGBIO_FILE = "mimic-cxr-2.0.0-negbio.csv.gz"
+METADATA_FILE = "mimic-cxr-2.0.0-metadata.csv.gz"
+SPLIT_FILE = "mimic-cxr-2.0.0-split.csv.gz"
+CSV_FILES = (SPLIT_FILE, METADATA_FILE, NEGBIO_FILE, CHEXPERT_FILE)
+"""In writing order; the chexpert labels go last."""
+
+CHEXPERT_FINDINGS: tuple[str, ...] = (
+    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum",
+    "Fracture", "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion",
+    "Pleural Other", "Pneumonia", "Pneumothorax", "Support Devices",
+)  # fmt: skip
+"""The 14 CheXpert/NegBio label columns, in MIMIC-CXR's order and spelling."""
+
+COHORT_COUNTS: dict[tuple[int, int], int] = {(0, 0): 11548, (0, 1): 5709, (1, 0): 2310,
+                                             (1, 1): 14136}
+"""Studies per known (edema, effusion) combination in the study's cohort."""
+
+METADATA_COLUMNS: tuple[str, ...] = (
+    "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition",
+    "Rows", "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning",
+    "ViewCodeSequence_CodeMeaning", "PatientOrientationCodeSequence_CodeMeaning",
+)  # fmt: skip
+SPLIT_COLUMNS: tuple[str, ...] = ("dicom_id", "study_id", "subject_id", "split")
+
+UNKNOWN_PATTERN_PROBS = (0.8, 0.08, 0.08, 0.04)
+"""P(both known), P(only edema unknown), P(only effusion unknown), P(both unknown)."""
+UNCERTAIN_SHARE = 0.6
+"""Share of unknown values that are uncertain (-1.0) rather than blank."""
+NEGBIO_DISAGREEMENT = 0.03
+OTHER_FINDING_RATES: dict[str, tuple[float, float, float]] = {
+    "Atelectasis": (0.22, 0.02, 0.06), "Cardiomegaly": (0.25, 0.05, 0.03),
+    "Consolidation": (0.06, 0.08, 0.03), "Enlarged Cardiomediastinum": (0.04, 0.02, 0.04),
+    "Fracture": (0.02, 0.01, 0.005), "Lung Lesion": (0.03, 0.005, 0.005),
+    "Lung Opacity": (0.25, 0.01, 0.02), "Pleural Other": (0.01, 0.0, 0.005),
+    "Pneumonia": (0.05, 0.08, 0.08), "Pneumothorax": (0.03, 0.15, 0.005),
+    "Support Devices": (0.3, 0.01, 0.005),
+}  # fmt: skip
+"""P(1.0), P(0.0), P(-1.0) per finding other than edema/effusion/No Finding; else blank."""
+
+VIEW_MEANINGS = {"PA": "postero-anterior", "AP": "antero-posterior", "LATERAL": "lateral",
+                 "LL": "left lateral", "": ""}
+PROCEDURES = {"AP": "CHEST (PORTABLE AP)", "PA": "CHEST (PA AND LAT)"}
+
+
+def cohort_probabilities() -> np.ndarray:
+    """P of the known (edema, effusion) classes 2*edema + effusion, from :data:`COHORT_COUNTS`."""
+    counts = np.array([COHORT_COUNTS[(c // 2, c % 2)] for c in range(4)], dtype=np.float64)
+    return counts / counts.sum()
+
+
+def sample_study_labels(rng: np.random.Generator, n_studies: int) -> np.ndarray:
+    """Draw (n_studies, 2) (Edema, Pleural Effusion) labels in {1.0, 0.0, -1.0, NaN}.
+
+    The true combination follows the cohort proportions; then, independently of it, about 20%
+    of studies have one or both findings masked as uncertain (-1.0) or blank (NaN), so the
+    known-known studies keep the cohort's joint distribution.
+    """
+    combination = rng.choice(4, size=n_studies, p=cohort_probabilities())
+    labels = np.stack([combination // 2, combination % 2], axis=1).astype(np.float64)
+    pattern = rng.choice(4, size=n_studies, p=UNKNOWN_PATTERN_PROBS)
+    masked = np.stack([(pattern == 1) | (pattern == 3), (pattern == 2) | (pattern == 3)], axis=1)
+    unknown_value = np.where(rng.random((n_studies, 2)) < UNCERTAIN_SHARE, -1.0, np.nan)
+    return np.where(masked, unknown_value, labels)
+
+
+OCCULT_POSITIVE_RATE = 0.12
+UNREPORTED_NEGATIVE_RATE = 0.06
+
+
+def render_severities(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
+    """How strongly each study shows each finding.
+
+    Like report-derived labels, they are imperfect: a positive is usually clear (0.4-1.0) but
+    occult in ~12% of studies (0-0.15); a negative shows a mild, unreported finding in ~6%; an
+    uncertain label is mild half the time. This caps the achievable AUROC near 0.9-0.95, so the
+    task is learnable but not trivial.
+    """
+    strong = rng.uniform(0.4, 1.0, size=labels.shape)
+    occult = rng.uniform(0.0, 0.15, size=labels.shape)
+    positive = np.where(rng.random(labels.shape) < OCCULT_POSITIVE_RATE, occult, strong)
+    mild = rng.uniform(0.15, 0.35, size=labels.shape)
+    unreported = mild * (rng.random(labels.shape) < UNREPORTED_NEGATIVE_RATE)
+    uncertain = mild * (rng.random(labels.shape) < 0.5)
+    return np.where(labels == 1.0, positive,
+                    np.where(labels == -1.0, uncertain, np.where(labels == 0.0, unreported, 0.0)))
+
+
+def _other_findings(rng: np.random.Generator, n_studies: int) -> dict[str, np.ndarray]:
+    values = np.array([1.0, 0.0, -1.0, np.nan])
+    columns = {}
+    for name, (pos, neg, unc) in OTHER_FINDING_RATES.items():
+        probs = [pos, neg, unc, 1.0 - pos - neg - unc]
+        columns[name] = values[rng.choice(4, size=n_studies, p=probs)]
+    return columns
+
+
+def _abnormal(table: pd.DataFrame) -> np.ndarray:
+    """Studies with any finding positive, or any pathology uncertain (devices aside)."""
+    findings = [f for f in CHEXPERT_FINDINGS if f != "No Finding"]
+    pathologies = [f for f in findings if f != "Support Devices"]
+    positive = table[findings].eq(1.0).any(axis=1)
+    return (positive | table[pathologies].eq(-1.0).any(axis=1)).to_numpy()
+
+
+def _with_no_finding(table: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """Set No Finding to 1.0 (mostly) where nothing is positive or uncertain, else blank."""
+    normal = ~_abnormal(table) & (rng.random(len(table)) < 0.85)
+    table["No Finding"] = np.where(normal, 1.0, np.nan)
+    return table
+
+
+def _chexpert_table(studies: pd.DataFrame, labels: np.ndarray,
+                    rng: np.random.Generator) -> pd.DataFrame:
+    columns = _other_findings(rng, len(studies))
+    columns["Edema"], columns["Pleural Effusion"] = labels[:, 0], labels[:, 1]
+    columns["No Finding"] = np.full(len(studies), np.nan)
+    table = pd.DataFrame({"subject_id": studies["subject_id"].to_numpy(),
+                          "study_id": studies["study_id"].to_numpy(),
+                          **{name: columns[name] for name in CHEXPERT_FINDINGS}})
+    return _with_no_finding(table, rng)
+
+
+def _negbio_table(chexpert: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """Copy of the chexpert labels disagreeing on ~3% of the Edema / Pleural Effusion cells."""
+    negbio = chexpert.copy()
+    values = np.array([1.0, 0.0, -1.0, np.nan])
+    for name in ("Edema", "Pleural Effusion"):
+        current = negbio[name].to_numpy()
+        code = np.where(np.isnan(current), 3, np.select([current == 1, current == 0], [0, 1], 2))
+        shifted = values[(code + rng.integers(1, 4, size=len(code))) % 4]
+        flip = rng.random(len(code)) < NEGBIO_DISAGREEMENT
+        negbio[name] = np.where(flip, shifted, current)
+    negbio.loc[_abnormal(negbio), "No Finding"] = np.nan
+    return negbio
+
+
+# ---------------------------------------------------------------------------- identifiers
+
+
+def _unique_ints(rng: np.random.Generator, n: int, low: int, high: int) -> np.ndarray:
+    return low + rng.choice(high - low, size=n, replace=False)
+
+
+def _dicom_ids(rng: np.random.Generator, n: int) -> list[str]:
+    """MIMIC-style ids: five dash-separated groups of 8 lowercase hex digits, all unique."""
+    while True:
+        groups = rng.integers(0, 2**32, size=(n, 5), dtype=np.uint64)
+        ids = ["-".join(f"{int(g):08x}" for g in row) for row in groups]
+        if len(set(ids)) == n:
+            return ids
+
+
+# --------------------------------------------------------------------------------- planning
+
+
+def _plan_studies(rng: np.random.Generator, n_subjects: int) -> pd.DataFrame:
+    """One row per study: ids, date/time, procedure and frontal view, number of images."""
+    subjects = np.sort(_unique_ints(rng, n_subjects, 10_000_000, 20_000_000))
+    per_subject = rng.choice([1, 2, 3, 4], size=n_subjects, p=[0.2, 0.3, 0.3, 0.2])
+    subject_id = np.repeat(subjects, per_subject)
+    n_studies = len(subject_id)
+    first_day = np.repeat(rng.integers(0, 365 * 88, size=n_subjects), per_subject)
+    gaps = rng.integers(1, 700, size=n_studies)
+    starts = np.cumsum(per_subject) - per_subject
+    cumulative = np.cumsum(gaps)
+    day = first_day + cumulative - np.repeat(cumulative[starts], per_subject)
+    dates = [dt.date(2110, 1, 1) + dt.timedelta(days=int(d)) for d in day]
+    seconds = rng.integers(0, 86400, size=n_studies)
+    millis = rng.integers(0, 1000, size=n_studies)
+    n_images = rng.choice([1, 2, 3], size=n_studies, p=[0.5, 0.4, 0.1])
+    ap = rng.random(n_studies) < np.where(n_images == 1, 0.55, 0.2)
+    frontal = np.where(ap, "AP", "PA")
+    return pd.DataFrame({
+        "subject_id": subject_id,
+        "study_id": _unique_ints(rng, n_studies, 50_000_000, 60_000_000),
+        "StudyDate": [int(d.strftime("%Y%m%d")) for d in dates],
+        "StudyTime": (seconds // 3600) * 10000 + (seconds // 60 % 60) * 100 + seconds % 60
+        + millis / 1000,
+        "n_images": n_images,
+        "frontal": frontal,
+        "procedure": [PROCEDURES[v] for v in frontal],
+    })
+
+
+def _plan_views(rng: np.random.Generator, studies: pd.DataFrame) -> list[str]:
+    """View positions of every image, study by study (frontal first)."""
+    views: list[str] = []
+    draws = rng.random((len(studies), 4))
+    for (n_images, frontal), u in zip(studies[["n_images", "frontal"]].itertuples(index=False),
+                                      draws, strict=True):
+        first = "" if u[0] < 0.02 else frontal
+        lateral = "LL" if u[1] < 0.12 else "LATERAL"
+        third = frontal if u[2] < 0.6 else "LATERAL"
+        views.extend([first, lateral, third][:n_images])
+    return views
+
+
+def _plan_images(rng: np.random.Generator, studies: pd.DataFrame) -> pd.DataFrame:
+    """The metadata table, one row per image, sorted like MIMIC's."""
+    views = np.array(_plan_views(rng, studies))
+    n = len(views)
+    lateral = np.isin(views, ["LATERAL", "LL"])
+    rows = np.where(lateral, rng.integers(440, 561, n), rng.integers(420, 561, n))
+    cols = np.where(lateral, rng.integers(340, 441, n), rng.integers(360, 501, n))
+    recumbent = (views == "AP") & (rng.random(n) < 0.5)
+    orientation = np.where(recumbent, "Recumbent", "Erect")
+    orientation = np.where(rng.random(n) < 0.03, "", orientation)
+    per_study = studies.loc[studies.index.repeat(studies["n_images"])].reset_index(drop=True)
+    table = pd.DataFrame({
+        "dicom_id": _dicom_ids(rng, n),
+        "subject_id": per_study["subject_id"],
+        "study_id": per_study["study_id"],
+        "PerformedProcedureStepDescription": per_study["procedure"],
+        "ViewPosition": views,
+        "Rows": rows,
+        "Columns": cols,
+        "StudyDate": per_study["StudyDate"],
+        "StudyTime": per_study["StudyTime"],
+        "ProcedureCodeSequence_CodeMeaning": per_study["procedure"],
+        "ViewCodeSequence_CodeMeaning": [VIEW_MEANINGS[v] for v in views],
+        "PatientOrientationCodeSequence_CodeMeaning": orientation,
+    })
+    table = table.sort_values(["subject_id", "study_id", "dicom_id"], ignore_index=True)
+    return table[list(METADATA_COLUMNS)].replace("", np.nan)
+
+
+def _assign_split(rng: np.random.Generator, subjects: np.ndarray, train_fraction: float,
+                  validate_fraction: float) -> dict[int, str]:
+    """Patient-disjoint split: each subject goes to exactly one of train/validate/test."""
+    order = rng.permutation(subjects)
+    n_train = round(train_fraction * len(order))
+    n_validate = round(validate_fraction * len(order))
+    names = ["train"] * n_train + ["validate"] * n_validate
+    names += ["test"] * (len(order) - len(names))
+    return {int(s): name for s, name in zip(order, names, strict=True)}
+
+
+def _study_findings(rng: np.random.Generator, chexpert: pd.DataFrame) -> list[StudyFindings]:
+    """What each study's images show, from its labels (uncertain ones half the time, mildly)."""
+    labels = chexpert[["Edema", "Pleural Effusion"]].to_numpy()
+    severity = render_severities(rng, labels)
+    sides = rng.random(len(chexpert))
+    return [
+        StudyFindings(edema=float(edema), effusion=float(effusion),
+                      effusion_right=bool(side < 0.8),
+                      effusion_left=bool(side < 0.55 or side >= 0.8),
+                      cardiomegaly=bool(cardio == 1.0), support_devices=bool(devices == 1.0))
+        for (edema, effusion), side, cardio, devices in zip(
+            severity, sides, chexpert["Cardiomegaly"], chexpert["Support Devices"], strict=True)
+    ]
+
+
+def _dicom_styles(rng: np.random.Generator, n: int, compressed_fraction: float) -> list[DicomStyle]:
+    """Storage variants: ~20% MONOCHROME1, ~30% rescaled, ~50% windowed, some compressed."""
+    u = rng.random((n, 5))
+    slopes = np.where(u[:, 1] < 0.15, 1, np.where(u[:, 1] < 0.3, 2, 0))
+    compression = np.where(u[:, 3] >= compressed_fraction, "",
+                           np.where(u[:, 4] < 0.5, "rle", "j2k"))
+    return [
+        DicomStyle(photometric="MONOCHROME1" if p < 0.2 else "MONOCHROME2",
+                   rescale_slope=int(s) or None, window=bool(w < 0.5), compression=str(c))
+        for p, s, w, c in zip(u[:, 0], slopes, u[:, 2], compression, strict=True)
+    ]
+
+
+def image_path(root: Path, subject_id: int, study_id: int, dicom_id: str) -> Path:
+    """MIMIC-CXR location of an image: ``files/pXX/pSUBJECT/sSTUDY/DICOM_ID.dcm``."""
+    subject = str(subject_id)
+    return root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study_id}" / f"{dicom_id}.dcm"
+
+
+def _image_specs(root: Path, seed: int, images: pd.DataFrame, chexpert: pd.DataFrame,
+                 rng: np.random.Generator, compressed_fraction: float) -> list[ImageSpec]:
+    findings = dict(zip(chexpert["study_id"], _study_findings(rng, chexpert), strict=True))
+    subjects = chexpert["subject_id"].unique()
+    subject_index = {int(s): i for i, s in enumerate(subjects)}
+    sexes = dict(zip(subjects, rng.choice(["F", "M"], size=len(subjects)), strict=True))
+    styles = _dicom_styles(rng, len(images), compressed_fraction)
+    specs = []
+    for index, (row, style) in enumerate(zip(images.itertuples(index=False), styles,
+                                             strict=True)):
+        view = "" if pd.isna(row.ViewPosition) else str(row.ViewPosition)
+        specs.append(ImageSpec(
+            path=image_path(root, row.subject_id, row.study_id, row.dicom_id),
+            dicom_id=row.dicom_id, subject_id=int(row.subject_id), study_id=int(row.study_id),
+            view=view, rows=int(row.Rows), cols=int(row.Columns),
+            study_date=int(row.StudyDate), study_time=float(row.StudyTime),
+            procedure=row.PerformedProcedureStepDescription, patient_sex=str(sexes[row.subject_id]),
+            findings=findings[row.study_id], style=style,
+            anatomy_seed=(seed, 1, subject_index[int(row.subject_id)]), image_seed=(seed, 2, index),
+        ))
+    return specs
+
+
+# ---------------------------------------------------------------------------------- writing
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _write_csv_gz(table: pd.DataFrame, path: Path) -> None:
+    """Gzip-compressed CSV, byte-identical for identical tables (no timestamp in the header)."""
+    text = table.to_csv(index=False, lineterminator="\n")
+    _write_atomically(path, gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0))
+
+
+def _write_images(specs: Sequence[ImageSpec], workers: int) -> None:
+    if workers <= 1:
+        for spec in specs:
+            write_image(spec)
+        return
+    # spawn, not fork: callers (training processes) may hold threads, e.g. cv2's or torch's
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        for _ in pool.map(write_image, specs, chunksize=max(1, len(specs) // (8 * workers))):
+            pass
+
+
+def _available_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to overwrite an existing sample unless asked; never touch real MIMIC data."""
+    present = [name for name in CSV_FILES if (out_dir / name).exists()]
+    if not present:
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out_dir} already contains a MIMIC-CXR sample ({present[0]}); "
+                              "pass overwrite=True (--overwrite) to replace it")
+    if not (out_dir / MARKER_FILE).exists():
+        raise FileExistsError(f"{out_dir} contains MIMIC-CXR tables but no {MARKER_FILE} "
+                              "marker: not a generated sample, refusing to overwrite it")
+    logger.info("Overwriting the existing sample in %s", out_dir)
+    for name in CSV_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "files", ignore_errors=True)
+    (out_dir / MARKER_FILE).unlink()
+
+
+def is_complete_sample(root: Path) -> bool:
+    """True when ``root`` holds a fully written sample: all four tables and a valid marker."""
+    root = Path(root)
+    if not all((root / name).is_file() for name in CSV_FILES):
+        return False
+    try:
+        marker = json.loads((root / MARKER_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and "n_images" in marker
+
+
+def generate_sample(out_dir: Path, n_subjects: int = 400, seed: int = 0, *,
+                    overwrite: bool = False, train_fraction: float = 0.7,
+                    validate_fraction: float = 0.1, compressed_fraction: float = 0.25,
+                    workers: int | None = None) -> Path:
+    """Write a deterministic MIMIC-CXR-format sample of ``n_subjects`` patients to ``out_dir``.
+
+    Same ``seed`` and arguments give byte-identical CSVs and identical pixel data
+    (``workers`` and ``compressed_fraction`` do not change any pixel or label).
+    ``workers`` defaults to the CPU count (at most 8). Raises FileExistsError if ``out_dir``
+    already holds the tables, unless ``overwrite``.
+    """
+    if n_subjects < 1:
+        raise ValueError(f"n_subjects must be positive, got {n_subjects}")
+    if not (train_fraction > 0 and validate_fraction >= 0
+            and train_fraction + validate_fraction < 1):
+        raise ValueError("need 0 < train_fraction, 0 <= validate_fraction and a test share > 0")
+    out_dir = Path(out_dir)
+    _prepare_out_dir(out_dir, overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    label_rng, plan_rng, render_rng, split_rng, negbio_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5))
+
+    studies = _plan_studies(plan_rng, n_subjects)
+    images = _plan_images(plan_rng, studies)
+    chexpert = _chexpert_table(studies, sample_study_labels(label_rng, len(studies)), label_rng)
+    chexpert = chexpert.sort_values(["subject_id", "study_id"], ignore_index=True)
+    negbio = _negbio_table(chexpert, negbio_rng)
+    split_of = _assign_split(split_rng, chexpert["subject_id"].unique(), train_fraction,
+                             validate_fraction)
+    split = images[["dicom_id", "study_id", "subject_id"]].copy()
+    split["split"] = split["subject_id"].map(split_of)
+    split = split[list(SPLIT_COLUMNS)]
+
+    specs = _image_specs(out_dir, seed, images, chexpert, render_rng, compressed_fraction)
+    n_workers = min(_available_cpus(), 8) if workers is None else workers
+    logger.info("Rendering %d images of %d studies (%d subjects) with %d worker(s)",
+                len(specs), len(chexpert), n_subjects, n_workers)
+    _write_images(specs, n_workers)
+
+    for table, name in ((split, SPLIT_FILE), (images, METADATA_FILE), (negbio, NEGBIO_FILE),
+                        (chexpert, CHEXPERT_FILE)):
+        _write_csv_gz(table, out_dir / name)
+    marker = {"n_subjects": n_subjects, "seed": seed, "generator_version": GENERATOR_VERSION,
+              "n_studies": len(chexpert), "n_images": len(images)}
+    _write_atomically(out_dir / MARKER_FILE, json.dumps(marker, indent=2).encode() + b"\n")
+    logger.info("Wrote sample to %s in %.1f s", out_dir, time.perf_counter() - started)
+    return out_dir
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--n-subjects", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing sample")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: CPUs)")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point."""
+    args = _parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    generate_sample(args.out, args.n_subjects, args.seed, overwrite=args.overwrite,
+                    workers=args.workers)
+
+
+if __name__ == "__main__":
+    main()
