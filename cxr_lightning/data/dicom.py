@@ -1,0 +1,240 @@
+"""DICOM → display-ready grey image, following the DICOM grayscale pipeline (PS3.3 C.11).
+
+Pipeline applied by :func:`read_dicom_display` (and its variants), in order:
+
+1. **Decode** ``ds.pixel_array`` (pydicom 3; compressed transfer syntaxes through the
+   pylibjpeg / openjpeg / libjpeg plugins, RLE natively). pydicom masks the unused high
+   bits when *Bits Stored* < *Bits Allocated* (and sign-extends signed data); the raw
+   *Pixel Data* bytes are never read directly, so that masking is never bypassed.
+   Only single-frame ``MONOCHROME1``/``MONOCHROME2`` images with *Samples per Pixel* = 1
+   are accepted; anything else raises :class:`DicomDecodeError`.
+2. **Modality LUT** — :func:`pydicom.pixels.apply_modality_lut`: *Modality LUT Sequence*
+   if present, else *Rescale Slope*/*Intercept*, else identity.
+3. **VOI** — the same choice as :func:`pydicom.pixels.apply_voi_lut` with
+   ``prefer_lut=True``, first view (index 0, i.e. the first value of a multi-valued
+   *Window Center*/*Width*):
+
+   * ``voi_lut``: *VOI LUT Sequence* applied by :func:`pydicom.pixels.apply_voi`; the
+     output range is ``[0, 2**n - 1]`` with ``n`` the third *LUT Descriptor* value, and is
+     divided by ``2**n - 1`` (values beyond it, from a mis-declared depth, are clipped).
+     A non-integer modality output is rounded to integers first (LUT inputs are indices).
+     (8-bit LUTs are passed to pydicom declared as 16-bit, since pydicom 3.0.2 would wrap
+     their indices at 256.) A LUT pydicom rejects (e.g. an unsupported entry depth) falls
+     through to the window.
+   * ``window``: *Window Center*/*Width* applied by :func:`pydicom.pixels.apply_windowing`
+     (``LINEAR`` — PS3.3 C.11.2.1.2 —, ``LINEAR_EXACT`` or ``SIGMOID`` per *VOI LUT
+     Function*). pydicom maps the window onto ``[y_min, y_max]``, the range of the stored
+     bit depth carried through the rescale. That range is obtained from pydicom itself by
+     windowing the probes ``-inf``/``+inf`` (which land exactly on ``y_min``/``y_max`` for
+     every function), and the output is normalised as ``(y - y_min) / (y_max - y_min)``;
+     for ``LINEAR`` this is exactly the standard's 0…1 formula. A window pydicom rejects
+     (e.g. width < 1 for ``LINEAR``) falls back to the percentile window, with a warning.
+   * ``percentile`` (no usable VOI information): a robust window over the modality-LUT
+     output, ``lo, hi = np.percentile(values, (0.5, 99.5))`` (numpy's default linear
+     interpolation), mapped as ``clip((v - lo) / (hi - lo), 0, 1)``. If ``hi == lo`` the
+     full min/max range is used; a constant image becomes all 0 (before step 4).
+
+4. **Photometric interpretation** — ``MONOCHROME1`` (minimum value = white) is inverted,
+   ``1 - x``, so that in the result 1 is always bright (bone, opacities). *Presentation
+   LUT Shape* is not applied on top: for CR/DX it is ``INVERSE`` exactly when the image is
+   ``MONOCHROME1``, i.e. it restates this same inversion.
+
+The [0, 1] value is computed in float64, cast to float32, and the inversion is done in
+float32, so a ``MONOCHROME1`` twin of a ``MONOCHROME2`` image decodes to exactly
+``1 - image``. :func:`read_dicom_uint8` quantises before inverting (``255 - q``), so twins
+are exact 8-bit complements too; it equals ``round(read_dicom_display * 255)`` except at
+exact .5 ties, where it may differ by one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
+
+log = logging.getLogger(__name__)
+
+#: Percentiles of the modality-LUT output used as the window when a file has no VOI data.
+PERCENTILE_WINDOW: tuple[float, float] = (0.5, 99.5)
+
+VoiSource = Literal["voi_lut", "window", "percentile"]
+
+_MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+
+
+class DicomDecodeError(ValueError):
+    """A file that cannot be turned into a single-frame grey image; the message names it."""
+
+
+@dataclass(frozen=True)
+class DisplayInfo:
+    """What the grayscale pipeline applied to one file (for logging and cohort reports).
+
+    ``window`` is (center, width) in modality-LUT output units: the file's first window for
+    ``voi_source == "window"``, the percentile window ``((lo + hi) / 2, hi - lo)`` for
+    ``"percentile"``, and ``None`` for ``"voi_lut"``. ``voi_function`` is the *VOI LUT
+    Function* used with a window (``LINEAR`` by default), else ``None``.
+    """
+
+    photometric: str
+    voi_source: VoiSource
+    window: tuple[float, float] | None
+    voi_function: str | None
+    transfer_syntax: str
+
+
+def read_dicom_display(path: str | Path) -> np.ndarray:
+    """Read a DICOM file as a float32 (H, W) array in [0, 1], 1 = bright (see module doc)."""
+    return read_dicom_display_with_info(path)[0]
+
+
+def read_dicom_display_with_info(path: str | Path) -> tuple[np.ndarray, DisplayInfo]:
+    """Like :func:`read_dicom_display`, also returning the :class:`DisplayInfo` applied."""
+    values, info = _presentation_values(Path(path))
+    if info.photometric == "MONOCHROME1":
+        values = np.float32(1.0) - values
+    return values, info
+
+
+def read_dicom_uint8(path: str | Path) -> np.ndarray:
+    """Read a DICOM file as a uint8 (H, W) array, 255 = bright: ``round(display * 255)``.
+
+    MONOCHROME1 images are quantised before the inversion (``255 - q``), which differs from
+    rounding the inverted value by one only at exact .5 ties (see module doc).
+    """
+    values, info = _presentation_values(Path(path))
+    quantised = np.rint(values * np.float32(255.0)).astype(np.uint8)
+    if info.photometric == "MONOCHROME1":
+        quantised = np.uint8(255) - quantised
+    return quantised
+
+
+def _presentation_values(path: Path) -> tuple[np.ndarray, DisplayInfo]:
+    """Steps 1-3 of the pipeline: float32 values in [0, 1] before the MONOCHROME1 flip."""
+    ds = _read_dataset(path)
+    photometric = _check_single_grey_frame(ds, path)
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:
+        raise DicomDecodeError(f"{path}: cannot decode pixel data: {exc}") from exc
+    if pixels.ndim != 2:
+        raise DicomDecodeError(f"{path}: expected a 2-D image, decoded shape {pixels.shape}")
+    try:
+        modality = apply_modality_lut(pixels, ds)
+    except Exception as exc:
+        raise DicomDecodeError(f"{path}: cannot apply the modality LUT: {exc}") from exc
+
+    values, source, window, function = _apply_voi(modality, ds, path)
+    info = DisplayInfo(
+        photometric=photometric,
+        voi_source=source,
+        window=window,
+        voi_function=function,
+        transfer_syntax=str(getattr(ds.file_meta, "TransferSyntaxUID", "")),
+    )
+    log.debug("%s: %s", path, info)
+    return np.clip(values, 0.0, 1.0).astype(np.float32), info
+
+
+def _read_dataset(path: Path) -> Dataset:
+    """``dcmread`` with every failure (missing, not DICOM, truncated) naming the file."""
+    try:
+        return dcmread(path)
+    except Exception as exc:
+        raise DicomDecodeError(f"{path}: cannot read as DICOM: {exc}") from exc
+
+
+def _check_single_grey_frame(ds: Dataset, path: Path) -> str:
+    """Reject files without pixel data, colour, palette or multi-frame; return photometric."""
+    if "PixelData" not in ds:
+        raise DicomDecodeError(f"{path}: no Pixel Data (7FE0,0010) element")
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if samples != 1 or photometric not in _MONOCHROME:
+        raise DicomDecodeError(
+            f"{path}: colour or palette image not supported (SamplesPerPixel={samples}, "
+            f"PhotometricInterpretation={photometric or 'missing'})"
+        )
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames != 1:
+        raise DicomDecodeError(f"{path}: multi-frame image ({frames} frames) not supported")
+    return photometric
+
+
+def _apply_voi(
+    modality: np.ndarray, ds: Dataset, path: Path
+) -> tuple[np.ndarray, VoiSource, tuple[float, float] | None, str | None]:
+    """Step 3: VOI LUT, else window, else percentile window; values in [0, 1] (float64)."""
+    lut_items = ds.get("VOILUTSequence")
+    if lut_items and None not in (
+        lut_items[0].get("LUTDescriptor"),
+        lut_items[0].get("LUTData"),
+    ):
+        lut_input = modality
+        if not np.issubdtype(modality.dtype, np.integer):
+            lut_input = np.rint(modality).astype(np.int64)
+        try:
+            depth = int(lut_items[0].LUTDescriptor[2])
+            voi_ds = _widened_8bit_voi_lut(ds) if depth == 8 else ds
+            return apply_voi(lut_input, voi_ds) / float(2**depth - 1), "voi_lut", None, None
+        except Exception as exc:  # malformed LUTs fail in many ways; all fall through
+            log.warning("%s: unusable VOI LUT Sequence (%s); trying the window", path, exc)
+
+    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+        try:
+            window = (_first_value(ds, "WindowCenter"), _first_value(ds, "WindowWidth"))
+            windowed = apply_windowing(modality, ds)
+            y_min, y_max = apply_windowing(np.array([-np.inf, np.inf]), ds)
+        except (ValueError, TypeError) as exc:
+            log.warning("%s: unusable window (%s); using the percentile window", path, exc)
+        else:
+            if y_max != y_min:
+                return (windowed - y_min) / (y_max - y_min), "window", window, function
+            log.warning("%s: window output range is empty; using the percentile window", path)
+
+    values, window = _percentile_window(modality)
+    return values, "percentile", window, None
+
+
+def _widened_8bit_voi_lut(ds: Dataset) -> Dataset:
+    """Minimal copy of ``ds``'s first VOI LUT declaring 16-bit entries (values unchanged).
+
+    pydicom 3.0's ``apply_voi`` holds the LUT indices in the entry dtype (uint8 for an
+    8-bit LUT), so any index above 255 wraps around; declaring 16 bits keeps the same
+    entries (read one per 16-bit word either way) with uint16 indices.
+    """
+    item = ds.VOILUTSequence[0]
+    descriptor = list(item.LUTDescriptor)
+    descriptor[2] = 16
+    widened = Dataset()
+    widened.add_new(0x00283002, item["LUTDescriptor"].VR, descriptor)
+    widened["LUTData"] = item["LUTData"]
+    voi_ds = Dataset()
+    voi_ds.file_meta = ds.file_meta  # endianness of OW LUT Data
+    voi_ds.VOILUTSequence = [widened]
+    return voi_ds
+
+
+def _first_value(ds: Dataset, keyword: str) -> float:
+    """First value of a possibly multi-valued DS element (the default VOI view)."""
+    element = ds[keyword]
+    return float(element.value[0] if element.VM > 1 else element.value)
+
+
+def _percentile_window(modality: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+    """Map the PERCENTILE_WINDOW range of ``modality`` linearly onto [0, 1] (clipped)."""
+    lo, hi = (float(v) for v in np.percentile(modality, PERCENTILE_WINDOW))
+    if hi <= lo:
+        lo, hi = float(modality.min()), float(modality.max())
+    window = ((lo + hi) / 2.0, hi - lo)
+    if hi <= lo:
+        return np.zeros(modality.shape, dtype=np.float64), window
+    scaled = (modality.astype(np.float64) - lo) / (hi - lo)
+    return np.clip(scaled, 0.0, 1.0), window
