@@ -1,0 +1,135 @@
+"""CXRDataModule: source -> manifest -> image cache -> batches of normalised 3-channel tensors."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import albumentations as A  # noqa: N812
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cxr_lightning.data.cache import CacheSpec, ImageCache, build_image_cache
+from cxr_lightning.data.manifest import cohort_table
+from cxr_lightning.data.mimic import CohortReport, build_mimic_manifest
+from cxr_lightning.data.sample import generate_sample, is_complete_sample
+from cxr_lightning.data.transforms import to_network_input, training_augmentation
+from cxr_lightning.findings import FINDINGS
+
+log = logging.getLogger(__name__)
+
+
+class CachedImageDataset(Dataset):
+    """Images of one split, read from the cache; items are dicts of image, labels and row."""
+
+    def __init__(self, manifest: pd.DataFrame, cache: ImageCache,
+                 augmentation: A.Compose | None = None) -> None:
+        self.rows = np.array([cache.row_of[i] for i in manifest["image_id"]], dtype=np.int64)
+        self.labels = torch.tensor(manifest[list(FINDINGS)].to_numpy(dtype=np.float32))
+        self.images = cache.images
+        self.augmentation = augmentation
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        image = np.array(self.images[self.rows[index]])  # a writable copy of the cached row
+        if self.augmentation is not None:
+            image = self.augmentation(image=image)["image"]
+        return {"image": to_network_input(image), "labels": self.labels[index],
+                "index": torch.tensor(index)}
+
+
+class CXRDataModule(pl.LightningDataModule):
+    """Streams a MIMIC-CXR-format source at ``image_size`` from a cache built once.
+
+    With ``sample`` set (a dict of generator arguments), a MIMIC-CXR-format sample is generated
+    into ``root`` first when ``root`` holds no complete sample.
+    """
+
+    def __init__(
+        self,
+        root: str | None,
+        source: str = "mimic_cxr",
+        labeler: str = "chexpert",
+        image_size: int = 512,
+        batch_size: int = 16,
+        num_workers: int = 4,
+        cache_dir: str = "cache",
+        cache_workers: int = 2,
+        augment: bool = True,
+        sample: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if root is None:
+            raise ValueError("data.root is not set: point it (or MIMIC_CXR_ROOT) at MIMIC-CXR, "
+                             "or use the embedded sample with preset=sample")
+        self.root = Path(root)
+        self.source = source
+        self.labeler = labeler
+        self.spec = CacheSpec(image_size=image_size)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.cache_dir = Path(cache_dir)
+        self.cache_workers = cache_workers
+        self.augment = augment
+        self.sample = sample
+        self.manifest: pd.DataFrame | None = None
+        self.cohort_report: CohortReport | None = None
+        self.cache: ImageCache | None = None
+
+    def prepare_data(self) -> None:
+        """Generate the sample when asked and missing, then build the manifest and the cache.
+
+        Idempotent: later calls (Lightning calls it at every fit) reuse what is loaded.
+        """
+        if self.manifest is not None:
+            return
+        if self.sample is not None and not is_complete_sample(self.root):
+            log.info("Generating the MIMIC-CXR-format sample into %s", self.root)
+            generate_sample(self.root, **self.sample)
+        self._load()
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_data()
+
+    def _load(self) -> None:
+        manifest, self.cohort_report = build_mimic_manifest(self.root, self.labeler, self.source)
+        self.cache = build_image_cache(manifest, self.root, self.cache_dir, self.spec,
+                                       self.cache_workers)
+        decoded = manifest["image_id"].isin(self.cache.row_of)
+        self.cohort_report.dropped["undecodable"] = int((~decoded).sum())
+        self.manifest = manifest[decoded].reset_index(drop=True)
+        log.info("Cohort (images per (edema,effusion) and split):\n%s",
+                 cohort_table(self.manifest).to_string())
+
+    def split_manifest(self, split: str) -> pd.DataFrame:
+        """The manifest rows of one split (train / val / test)."""
+        if self.manifest is None:
+            raise RuntimeError("call prepare_data() or setup() before asking for a split")
+        rows = self.manifest[self.manifest["split"] == split].reset_index(drop=True)
+        if rows.empty:
+            raise ValueError(f"the {split!r} split of {self.root} is empty")
+        return rows
+
+    def train_labels(self) -> torch.Tensor:
+        """(N, 2) training labels in FINDINGS order (NaN where masked)."""
+        return torch.tensor(self.split_manifest("train")[list(FINDINGS)].to_numpy(np.float32))
+
+    def _loader(self, split: str, shuffle: bool, augmentation: A.Compose | None) -> DataLoader:
+        dataset = CachedImageDataset(self.split_manifest(split), self.cache, augmentation)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available(), drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, training_augmentation() if self.augment else None)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False, None)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, None)

@@ -1,0 +1,92 @@
+"""Image cache and CXRDataModule: built once, keyed by parameters, never decoding in training."""
+
+import shutil
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from cxr_lightning.data import cache as cache_module
+from cxr_lightning.data.cache import CacheSpec, build_image_cache, cache_directory
+from cxr_lightning.data.datamodule import CXRDataModule
+from cxr_lightning.data.mimic import build_mimic_manifest
+from cxr_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+
+@pytest.fixture()
+def datamodule(small_sample, tmp_path):
+    module = CXRDataModule(root=str(small_sample), source="sample", image_size=48, batch_size=8,
+                           num_workers=0, cache_dir=str(tmp_path / "cache"), cache_workers=1)
+    module.prepare_data()
+    return module
+
+
+def test_cache_holds_the_resized_display_image(datamodule, small_sample):
+    manifest = datamodule.manifest
+    row = manifest[manifest["view"] != "LATERAL"].iloc[0]
+    dataset = pydicom.dcmread(small_sample / row["path"])
+    # independent reference: pydicom's LUT functions, min-max over the window range
+    assert datamodule.cache.images.shape[1:] == (48, 48)
+    cached = np.asarray(datamodule.cache.images[datamodule.cache.row_of[row["image_id"]]])
+    pixels = pydicom.pixels.apply_modality_lut(dataset.pixel_array, dataset)
+    if "WindowCenter" in dataset:
+        display = pydicom.pixels.apply_voi_lut(pixels, dataset)
+        low, high = float(np.min(display)), float(np.max(display))
+        grey = (display - low) / max(high - low, 1e-9)
+    else:
+        low, high = np.percentile(pixels, [0.5, 99.5])
+        grey = np.clip((pixels - low) / (high - low), 0, 1)
+    if dataset.PhotometricInterpretation == "MONOCHROME1":
+        grey = 1 - grey
+    reference = cv2.resize(np.round(grey * 255).astype(np.uint8), (48, 48),
+                           interpolation=cv2.INTER_AREA)
+    assert np.abs(cached.astype(int) - reference.astype(int)).mean() < 3
+
+
+def test_batches_are_normalised_three_channel_tensors(datamodule):
+    batch = next(iter(datamodule.val_dataloader()))
+    images, labels = batch["image"], batch["labels"]
+    assert images.shape == (len(labels), 3, 48, 48) and images.dtype == torch.float32
+    grey = images * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) + torch.tensor(
+        IMAGENET_MEAN).view(1, 3, 1, 1)
+    torch.testing.assert_close(grey[:, 0], grey[:, 2], atol=1e-5, rtol=0)
+    first = datamodule.split_manifest("val").iloc[0]
+    cached = datamodule.cache.images[datamodule.cache.row_of[first["image_id"]]]
+    torch.testing.assert_close(grey[0, 0] * 255, torch.tensor(cached).float(), atol=1e-3, rtol=0)
+    assert labels.shape[1] == 2 and set(labels.flatten().tolist()) <= {0.0, 1.0}
+
+
+def test_training_never_decodes_dicom(datamodule, monkeypatch):
+    def forbidden(path):
+        raise AssertionError(f"decoded {path} during training")
+
+    monkeypatch.setattr(cache_module, "read_dicom_uint8", forbidden)
+    datamodule.setup("fit")
+    assert len(list(datamodule.train_dataloader())) > 0
+
+
+def test_cache_is_reused_and_keyed_by_parameters(small_sample, tmp_path):
+    manifest, _ = build_mimic_manifest(small_sample, source="sample")
+    first = build_image_cache(manifest, small_sample, tmp_path, CacheSpec(image_size=32), 1)
+    stamp = (first.directory / "images.npy").stat().st_mtime_ns
+    again = build_image_cache(manifest, small_sample, tmp_path, CacheSpec(image_size=32), 1)
+    assert again.directory == first.directory
+    assert (again.directory / "images.npy").stat().st_mtime_ns == stamp
+    assert cache_directory(manifest, tmp_path, CacheSpec(image_size=40)) != first.directory
+    assert cache_directory(manifest.iloc[1:], tmp_path, CacheSpec(32)) != first.directory
+
+
+def test_undecodable_images_are_recorded_and_skipped(small_sample, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(small_sample, root)
+    manifest, _ = build_mimic_manifest(root, source="sample")
+    broken = manifest.iloc[3]
+    (root / broken["path"]).write_bytes(b"not a dicom file")
+    (root / manifest.iloc[5]["path"]).unlink()
+    cache = build_image_cache(manifest, root, tmp_path / "cache", CacheSpec(image_size=32), 1)
+    assert set(cache.skipped["image_id"]) == {broken["image_id"], manifest.iloc[5]["image_id"]}
+    assert broken["path"] in cache.skipped["path"].tolist()
+    assert cache.skipped["reason"].str.len().min() > 0
+    assert len(cache.row_of) == len(manifest) - 2
