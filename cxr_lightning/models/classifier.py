@@ -1,0 +1,86 @@
+"""The LightningModule shared by every formulation: backbone + linear head, loss, metrics."""
+
+from __future__ import annotations
+
+import logging
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+
+from cxr_lightning.models.backbones import build_backbone, unfreezable_blocks
+from cxr_lightning.models.formulations import Formulation
+
+log = logging.getLogger(__name__)
+
+
+class CXRClassifier(pl.LightningModule):
+    """A backbone with a fresh linear head, trained under one :class:`Formulation`.
+
+    Batches are dicts with ``image`` (N, 3, H, W) and ``labels`` (N, 2) float in FINDINGS order
+    (NaN where masked). Validation logs ``val/auroc/{finding}``, ``val/acc/{finding}`` and
+    ``val/auroc/mean``; :meth:`predict_step` returns the per-finding probabilities.
+    """
+
+    def __init__(
+        self,
+        formulation: Formulation,
+        backbone: str = "resnet152",
+        weights: str | None = "imagenet",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["formulation"])
+        self.formulation = formulation
+        self.backbone, num_features = build_backbone(backbone, weights)
+        self.head = nn.Linear(num_features, formulation.num_outputs)
+        self.val_auroc = nn.ModuleDict({f: BinaryAUROC() for f in formulation.findings})
+        self.val_acc = nn.ModuleDict({f: BinaryAccuracy() for f in formulation.findings})
+
+    def unfreezable_blocks(self) -> list[tuple[str, nn.Module]]:
+        """The backbone's blocks, top-down, for :class:`ProgressiveUnfreezing`."""
+        return unfreezable_blocks(self.backbone)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits of shape (N, formulation.num_outputs)."""
+        return self.head(self.backbone(images))
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.formulation.loss(self(batch["image"]), batch["labels"])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
+                 batch_size=len(batch["image"]))
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self(batch["image"])
+        loss = self.formulation.loss(logits, batch["labels"])
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
+        probabilities = self.formulation.finding_probabilities(logits)
+        labels = batch["labels"][:, self.formulation.finding_columns]
+        for column, finding in enumerate(self.formulation.findings):
+            known = ~torch.isnan(labels[:, column])
+            target = labels[known, column].long()
+            self.val_auroc[finding].update(probabilities[known, column], target)
+            self.val_acc[finding].update(probabilities[known, column], target)
+
+    def on_validation_epoch_end(self) -> None:
+        aurocs = []
+        for finding in self.formulation.findings:
+            auroc = self.val_auroc[finding].compute()
+            aurocs.append(auroc)
+            self.log(f"val/auroc/{finding}", auroc)
+            self.log(f"val/acc/{finding}", self.val_acc[finding].compute())
+            self.val_auroc[finding].reset()
+            self.val_acc[finding].reset()
+        self.log("val/auroc/mean", torch.stack(aurocs).mean(), prog_bar=True)
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Per-finding probabilities (N, len(formulation.findings))."""
+        return self.formulation.finding_probabilities(self(batch["image"]))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.AdamW(trainable, lr=self.hparams.lr,
+                                 weight_decay=self.hparams.weight_decay)

@@ -1,0 +1,179 @@
+"""The three problem formulations: how many outputs, which loss, and logits -> per-finding probs.
+
+A formulation is a plain object, not a module: the shared :class:`CXRClassifier` owns the network
+and asks its formulation for the head width, the loss and the probabilities. A *training plan*
+(:class:`FormulationPlan`) lists the models one job trains: ``binary`` is two single-finding
+models, ``multilabel`` and ``multiclass`` one model each. Downstream code merges every plan's
+predictions into the same (N, 2) per-finding table, so evaluation never branches on it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from cxr_lightning.findings import (
+    FINDINGS,
+    NUM_COMBINATIONS,
+    combination_to_class,
+    marginal_probabilities,
+)
+
+
+class Formulation(ABC):
+    """One model's output layout, loss and conversion to per-finding probabilities."""
+
+    findings: tuple[str, ...]
+    """The findings this model predicts, in :data:`FINDINGS` order."""
+
+    @property
+    @abstractmethod
+    def num_outputs(self) -> int:
+        """Width of the classification head."""
+
+    @abstractmethod
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Loss for a batch. ``labels`` is (N, 2) float in FINDINGS order, NaN where masked."""
+
+    @abstractmethod
+    def finding_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, len(self.findings)) probability of each of this model's findings."""
+
+    def fit_to_training_labels(self, labels: torch.Tensor) -> None:  # noqa: B027
+        """Adapt to the training split's (N, 2) labels (class weights); default: nothing."""
+
+    @property
+    def finding_columns(self) -> list[int]:
+        """Column indices of this model's findings in the (N, 2) label table."""
+        return [FINDINGS.index(f) for f in self.findings]
+
+
+def _masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean BCE-with-logits over the entries whose target is known (not NaN)."""
+    known = ~torch.isnan(targets)
+    if not known.any():
+        return logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logits[known], targets[known])
+
+
+class BinaryFormulation(Formulation):
+    """One finding, one sigmoid output, BCE (the study's formulation (a), one model per finding)."""
+
+    def __init__(self, finding: str) -> None:
+        if finding not in FINDINGS:
+            raise ValueError(f"unknown finding {finding!r}; expected one of {FINDINGS}")
+        self.findings = (finding,)
+
+    @property
+    def num_outputs(self) -> int:
+        return 1
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return _masked_bce(logits, labels[:, self.finding_columns])
+
+    def finding_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits)
+
+
+class MultilabelFormulation(Formulation):
+    """Both findings, two sigmoid outputs, BCE (formulation (b))."""
+
+    findings = FINDINGS
+
+    @property
+    def num_outputs(self) -> int:
+        return len(FINDINGS)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return _masked_bce(logits, labels)
+
+    def finding_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits)
+
+
+class MulticlassFormulation(Formulation):
+    """4-way softmax over (edema, effusion) combinations, class-weighted CE (formulation (c)).
+
+    Class weights are N / (4 * n_c) from the training split (inverse frequency, mean 1 under the
+    training distribution). Images with a masked finding have no single class and are excluded
+    from the loss.
+    """
+
+    findings = FINDINGS
+
+    def __init__(self) -> None:
+        self.class_weights: torch.Tensor | None = None
+
+    @property
+    def num_outputs(self) -> int:
+        return NUM_COMBINATIONS
+
+    def fit_to_training_labels(self, labels: torch.Tensor) -> None:
+        self.class_weights = inverse_frequency_weights(labels)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        known = ~torch.isnan(labels).any(dim=1)
+        if not known.any():
+            return logits.sum() * 0.0
+        weights = None if self.class_weights is None else self.class_weights.to(logits)
+        return F.cross_entropy(logits[known], combination_to_class(labels[known]), weight=weights)
+
+    def finding_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return marginal_probabilities(torch.softmax(logits, dim=1))
+
+
+def inverse_frequency_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Class weights N / (4 * n_c) over the fully labelled rows of (N, 2) labels.
+
+    Raises ValueError naming the empty class when a combination is absent from the training split.
+    """
+    known = labels[~torch.isnan(labels).any(dim=1)]
+    counts = torch.bincount(combination_to_class(known), minlength=NUM_COMBINATIONS).double()
+    if (counts == 0).any():
+        empty = [tuple(int(v) for v in divmod(c, 2)) for c in range(NUM_COMBINATIONS)
+                 if counts[c] == 0]
+        raise ValueError(
+            f"the training split has no image with (edema, effusion) = {empty}; the multiclass "
+            "formulation needs every combination (use a larger cohort or another formulation)"
+        )
+    return (counts.sum() / (NUM_COMBINATIONS * counts)).float()
+
+
+@dataclass
+class FormulationPlan:
+    """What one job trains: a named list of models (formulations) whose findings don't overlap."""
+
+    name: str
+    members: list[Formulation] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        covered = [f for member in self.members for f in member.findings]
+        if sorted(covered) != sorted(FINDINGS):
+            raise ValueError(
+                f"formulation {self.name!r} must predict each of {FINDINGS} exactly once, "
+                f"its models predict {covered}"
+            )
+
+    def member_name(self, member: Formulation) -> str:
+        """Stable name of a member model: the plan name, plus the finding when it has several."""
+        if len(self.members) == 1:
+            return self.name
+        return f"{self.name}-{'-'.join(member.findings)}"
+
+
+def binary_plan() -> FormulationPlan:
+    """Formulation (a): two separate single-finding models, trained one after the other."""
+    return FormulationPlan("binary", [BinaryFormulation(f) for f in FINDINGS])
+
+
+def multilabel_plan() -> FormulationPlan:
+    """Formulation (b): one model with two sigmoid outputs."""
+    return FormulationPlan("multilabel", [MultilabelFormulation()])
+
+
+def multiclass_plan() -> FormulationPlan:
+    """Formulation (c): one model with a 4-way softmax over the label combinations."""
+    return FormulationPlan("multiclass", [MulticlassFormulation()])

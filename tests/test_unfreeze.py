@@ -1,0 +1,231 @@
+"""ProgressiveUnfreezing on a tiny resnet18 with real ``trainer.fit`` runs on CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F  # noqa: N812
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from cxr_lightning.callbacks.unfreeze import ProgressiveUnfreezing
+from cxr_lightning.models.backbones import build_backbone, unfreezable_blocks
+
+HEAD = {"head.weight", "head.bias"}
+
+
+class TinyModule(pl.LightningModule):
+    """resnet18 trunk + linear head that records what is trainable and in which mode."""
+
+    def __init__(self, lr: float = 0.05, scheduler: bool = False, all_params: bool = False):
+        super().__init__()
+        self.save_hyperparameters()
+        torch.manual_seed(0)
+        self.backbone, num_features = build_backbone("resnet18", None)
+        self.head = nn.Linear(num_features, 1)
+        self.epochs: list[dict[str, Any]] = []
+        self.bn_modes: list[tuple[int, dict[str, bool]]] = []
+
+    def unfreezable_blocks(self) -> list[tuple[str, nn.Module]]:
+        return unfreezable_blocks(self.backbone)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images)).squeeze(1)
+
+    def on_train_epoch_start(self) -> None:
+        # Runs after the callbacks' hook. The .train() mimics user code / older Lightning
+        # versions resetting every module's mode; frozen BatchNorms must still be in eval.
+        self.train()
+        self.epochs.append({
+            "trainable": {n for n, p in self.named_parameters() if p.requires_grad},
+            "groups": len(self.trainer.optimizers[0].param_groups),
+        })
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        self.bn_modes.append((self.current_epoch, {
+            name: module.training
+            for name, module in self.backbone.named_modules()
+            if isinstance(module, nn.BatchNorm2d)
+        }))
+        images, labels = batch
+        return F.binary_cross_entropy_with_logits(self(images), labels)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        self.log("val/loss", F.binary_cross_entropy_with_logits(self(images), labels))
+
+    def configure_optimizers(self) -> Any:
+        params = self.parameters() if self.hparams.all_params else (
+            p for p in self.parameters() if p.requires_grad
+        )
+        optimizer = torch.optim.SGD(params, lr=self.hparams.lr, momentum=0.9)
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.5**epoch)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def _loader() -> DataLoader:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(16, 3, 32, 32, generator=generator)
+    labels = torch.randint(0, 2, (16,), generator=generator).float()
+    return DataLoader(TensorDataset(images, labels), batch_size=8)
+
+
+def _fit(
+    module: TinyModule, callback: ProgressiveUnfreezing, epochs: int, ckpt_path: Path | None = None
+) -> pl.Trainer:
+    trainer = pl.Trainer(
+        accelerator="cpu", max_epochs=epochs, callbacks=[callback], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=1, num_sanity_val_steps=0,
+    )
+    trainer.fit(module, _loader(), _loader(), ckpt_path=ckpt_path, weights_only=True)
+    return trainer
+
+
+def _names(module: TinyModule, *blocks: str) -> set[str]:
+    return {n for n, _ in module.named_parameters() if n.startswith(("backbone.", "head."))
+            and any(n.startswith(f"backbone.{b}.") for b in blocks)}
+
+
+def _clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.detach().clone() for key, value in module.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def schedule_run() -> tuple[TinyModule, ProgressiveUnfreezing, pl.Trainer, dict]:
+    """interval=1, max_blocks=2, 4 epochs: head; +layer4.1; +layer4.0; unchanged."""
+    module = TinyModule()
+    before = _clone_state(module)
+    callback = ProgressiveUnfreezing(interval=1, max_blocks=2, lr_factor=0.5)
+    trainer = _fit(module, callback, epochs=4)
+    return module, callback, trainer, before
+
+
+def test_schedule_unfreezes_top_down(schedule_run) -> None:
+    module, callback, trainer, _ = schedule_run
+    trainable = [epoch["trainable"] for epoch in module.epochs]
+    assert trainable[0] == HEAD
+    assert trainable[1] == HEAD | _names(module, "layer4.1")
+    assert trainable[2] == HEAD | _names(module, "layer4.1", "layer4.0")
+    assert trainable[3] == trainable[2]
+    assert [epoch["groups"] for epoch in module.epochs] == [1, 2, 3, 3]
+    assert callback.stage == 2
+    assert callback.unfrozen_block_names == ["layer4.1", "layer4.0"]
+    groups = trainer.optimizers[0].param_groups
+    assert [group.get("name") for group in groups] == [None, "backbone.layer4.1",
+                                                       "backbone.layer4.0"]
+    assert groups[1]["lr"] == pytest.approx(0.5 * groups[0]["lr"])
+    assert trainer.callback_metrics["unfreeze/stage"] == 2
+    expected = sum(p.numel() for n, p in module.named_parameters() if n in trainable[3])
+    assert trainer.callback_metrics["unfreeze/trainable_params"] == expected
+
+
+def test_frozen_weights_and_bn_stats_bit_for_bit(schedule_run) -> None:
+    module, _, _, before = schedule_run
+    after = module.state_dict()
+    unfrozen = ("backbone.layer4.1.", "backbone.layer4.0.")
+    frozen = [k for k in before if k.startswith("backbone.") and not k.startswith(unfrozen)]
+    assert any(k.endswith("running_var") for k in frozen)
+    assert any(k.endswith("num_batches_tracked") for k in frozen)
+    changed = [k for k in frozen if not torch.equal(before[k], after[k])]
+    assert changed == []
+    for key in ("backbone.layer4.1.conv1.weight", "backbone.layer4.0.conv2.weight",
+                "backbone.layer4.1.bn1.running_mean", "head.weight"):
+        assert not torch.equal(before[key], after[key]), key
+
+
+def test_frozen_bn_in_eval_mode_during_training_step(schedule_run) -> None:
+    module, _, _, _ = schedule_run
+    order = ["layer4.1", "layer4.0"]
+    assert {epoch for epoch, _ in module.bn_modes} == {0, 1, 2, 3}
+    for epoch, modes in module.bn_modes:
+        unfrozen = tuple(f"{b}." for b in order[: min(epoch, 2)])
+        for name, training in modes.items():
+            assert training == name.startswith(unfrozen), (epoch, name)
+    assert all(m.training for m in module.modules()), "train mode not restored after fit"
+
+
+def test_train_bn_lets_frozen_bn_statistics_train() -> None:
+    module = TinyModule()
+    before = _clone_state(module)
+    _fit(module, ProgressiveUnfreezing(interval=5, train_bn=True), epochs=1)
+    after = module.state_dict()
+    assert not torch.equal(before["backbone.layer1.0.bn1.running_mean"],
+                           after["backbone.layer1.0.bn1.running_mean"])
+    assert torch.equal(before["backbone.layer1.0.conv1.weight"],
+                       after["backbone.layer1.0.conv1.weight"])
+    assert all(modes["layer1.0.bn1"] for _, modes in module.bn_modes)
+
+
+def test_max_blocks_none_unfreezes_everything_once() -> None:
+    module = TinyModule()
+    callback = ProgressiveUnfreezing(interval=2)
+    callback.freeze_before_training(module)
+    optimizer = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.1)
+    for epoch in range(24):
+        callback.finetune_function(module, epoch, optimizer)
+        assert callback.stage == min(epoch // 2, 9)
+    assert callback.unfrozen_block_names[-1] == "stem"
+    assert all(p.requires_grad for p in module.parameters())
+    in_optimizer = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    assert sorted(in_optimizer) == sorted(id(p) for p in module.parameters())
+
+
+def test_resume_from_checkpoint_restores_stage(tmp_path: Path) -> None:
+    module = TinyModule()
+    trainer = _fit(module, ProgressiveUnfreezing(interval=1, max_blocks=3), epochs=2)
+    checkpoint = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    saved = _clone_state(module)
+
+    resumed = TinyModule()
+    callback = ProgressiveUnfreezing(interval=1, max_blocks=3)
+    trainer = _fit(resumed, callback, epochs=3, ckpt_path=checkpoint)
+    assert len(resumed.epochs) == 1, "resumed at epoch 2"
+    assert callback.unfrozen_block_names == ["layer4.1", "layer4.0"]
+    assert resumed.epochs[0]["groups"] == 3
+    assert resumed.epochs[0]["trainable"] == HEAD | _names(resumed, "layer4.1", "layer4.0")
+    after = resumed.state_dict()
+    # layer4.1 was unfrozen before the checkpoint: it must train again after the resume.
+    for key in ("backbone.layer4.1.conv1.weight", "backbone.layer4.0.conv1.weight"):
+        assert not torch.equal(saved[key], after[key]), f"{key} did not train after resume"
+    assert torch.equal(saved["backbone.layer3.1.conv1.weight"],
+                       after["backbone.layer3.1.conv1.weight"])
+
+
+def test_lambda_scheduler_scales_new_groups_like_the_head() -> None:
+    module = TinyModule(scheduler=True)
+    trainer = _fit(module, ProgressiveUnfreezing(interval=1, max_blocks=2, lr_factor=0.1),
+                   epochs=3)
+    head, *blocks = trainer.optimizers[0].param_groups
+    assert head["lr"] == pytest.approx(0.05 * 0.5**3)
+    for group in blocks:
+        assert group["lr"] == pytest.approx(0.1 * head["lr"])
+
+
+def test_optimizer_with_frozen_params_is_rejected() -> None:
+    with pytest.raises(MisconfigurationException, match="requires_grad"):
+        _fit(TinyModule(all_params=True), ProgressiveUnfreezing(), epochs=1)
+
+
+def test_module_without_blocks_is_rejected() -> None:
+    class NoBlocks(TinyModule):
+        unfreezable_blocks = None
+
+    with pytest.raises(MisconfigurationException, match="unfreezable_blocks"):
+        _fit(NoBlocks(), ProgressiveUnfreezing(), epochs=1)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"interval": 0}, {"max_blocks": -1}, {"lr_factor": 0.0}]
+)
+def test_invalid_arguments(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        ProgressiveUnfreezing(**kwargs)
