@@ -1,0 +1,78 @@
+"""A job's record, results.json: metrics, statistics and per-image test predictions."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cxr_lightning.data.mimic import CohortReport
+from cxr_lightning.evaluation.metrics import finding_metrics, probability_column
+from cxr_lightning.findings import FINDINGS
+
+log = logging.getLogger(__name__)
+
+PREDICTION_ID_COLUMNS: tuple[str, ...] = ("image_id", "subject_id", "study_id", "view")
+
+
+@dataclass
+class MemberResult:
+    """What training one model of a formulation produced."""
+
+    name: str
+    findings: tuple[str, ...]
+    epochs: int
+    epoch_times_s: list[float]
+    best_val_auroc_mean: float
+    best_checkpoint: str
+    test_probabilities: list[torch.Tensor] = field(repr=False)
+
+
+def predictions_table(test_manifest: pd.DataFrame, members: list[MemberResult]) -> pd.DataFrame:
+    """Per-image test table: ids, labels and each finding's probability from its model."""
+    table = test_manifest[list(PREDICTION_ID_COLUMNS) + list(FINDINGS)].copy()
+    for member in members:
+        probabilities = torch.cat(member.test_probabilities).double().numpy()
+        if len(probabilities) != len(table):
+            raise RuntimeError(f"{member.name}: {len(probabilities)} test predictions for "
+                               f"{len(table)} test images")
+        for column, finding in enumerate(member.findings):
+            table[probability_column(finding)] = probabilities[:, column]
+    return table
+
+
+def job_results(cfg: DictConfig, formulation: str, members: list[MemberResult],
+                predictions: pd.DataFrame, cohort: CohortReport) -> dict[str, Any]:
+    """The results.json content: metrics, training statistics, cohort, members, config."""
+    epoch_times = [t for m in members for t in m.epoch_times_s]
+    metrics = finding_metrics(predictions, stage="test")
+    metrics["train/epochs"] = sum(m.epochs for m in members)
+    metrics["train/total_time_s"] = sum(epoch_times)
+    metrics["train/epoch_time_s"] = sum(epoch_times) / max(len(epoch_times), 1)
+    return {
+        "formulation": formulation,
+        "metrics": metrics,
+        "members": [{k: v for k, v in asdict(m).items() if k != "test_probabilities"}
+                    for m in members],
+        "cohort": asdict(cohort),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "predictions": json.loads(predictions.to_json(orient="records")),
+    }
+
+
+def write_results(output_dir: Path, results: dict[str, Any]) -> Path:
+    """Write results.json atomically, so its presence means the job completed."""
+    path = output_dir / "results.json"
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(results, indent=2))
+    partial.replace(path)
+    summary = ", ".join(f"{k}={results['metrics'][k]:.3f}" for k in
+                        (f"test/{m}/{f}" for m in ("auroc", "acc") for f in FINDINGS))
+    log.info("%s: %s -> %s", results["formulation"], summary, path)
+    return path

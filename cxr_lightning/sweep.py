@@ -1,0 +1,46 @@
+"""End of a multirun: the comparison table of every job's test results."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from cxr_lightning.findings import FINDINGS
+
+log = logging.getLogger(__name__)
+
+TABLE_METRICS: tuple[str, ...] = (
+    *(f"test/{m}/{f}" for f in FINDINGS for m in ("auroc", "acc")),
+    "train/epochs", "train/total_time_s", "train/epoch_time_s",
+)
+
+
+def comparison_table(sweep_dir: Path) -> pd.DataFrame:
+    """One row per completed job under ``sweep_dir`` (its results.json), metrics as columns."""
+    rows = []
+    for path in sorted(Path(sweep_dir).glob("*/results.json")):
+        results = json.loads(path.read_text())
+        rows.append({"job": path.parent.name, "formulation": results["formulation"],
+                     **{k: results["metrics"][k] for k in TABLE_METRICS}})
+    return pd.DataFrame(rows, columns=["job", "formulation", *TABLE_METRICS])
+
+
+class ComparisonTable(Callback):
+    """Hydra callback: after a multirun, log the comparison table and save it as CSV/Markdown."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        table = comparison_table(sweep_dir)
+        if table.empty:
+            log.warning("No job under %s wrote results.json; nothing to compare", sweep_dir)
+            return
+        table.to_csv(sweep_dir / "comparison.csv", index=False)
+        text = table.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+        (sweep_dir / "comparison.txt").write_text(text + "\n")
+        log.info("Comparison of %d jobs in %s:\n%s", len(table), sweep_dir, text)

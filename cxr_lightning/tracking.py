@@ -1,0 +1,67 @@
+"""Experiment tracking: a local CSV log always, Weights & Biases offline unless opted in.
+
+Privacy: nothing identifying leaves the machine by default. W&B runs offline
+(``logger.wandb.mode``, default ``${oc.env:WANDB_MODE,offline}``), console capture and code saving
+are off, checkpoints are not uploaded, and only the config, curves and summary metrics are
+logged: never images, DICOM headers or patient/image identifiers.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import wandb
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+
+log = logging.getLogger(__name__)
+
+
+def member_loggers(cfg: DictConfig, output_dir: Path, member: str, prefix: str) -> list[Logger]:
+    """Loggers for one model of a job: a CSV log in the output directory, and the job's W&B run.
+
+    Every model of one job shares one W&B run; ``prefix`` keeps their curves apart (binary).
+    """
+    loggers: list[Logger] = [CSVLogger(save_dir=str(output_dir), name="csv", version=member)]
+    wandb_cfg = cfg.logger.wandb
+    if wandb_cfg.enabled:
+        loggers.append(WandbLogger(
+            project=wandb_cfg.project,
+            mode=wandb_cfg.mode,
+            group=wandb_cfg.group or job_group(),
+            job_type=cfg.formulation.name,
+            name=wandb_cfg.name,
+            tags=list(wandb_cfg.tags),
+            save_dir=str(output_dir),
+            log_model=wandb_cfg.log_model,
+            prefix=prefix,
+            config=OmegaConf.to_container(cfg, resolve=True),
+            settings=wandb.Settings(console="off", save_code=False),
+        ))
+    return loggers
+
+
+def job_group() -> str:
+    """The W&B group of this job: its multirun's directory name, or its run directory's name."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return Path(hydra_cfg.sweep.dir).name
+    return Path(hydra_cfg.runtime.output_dir).name
+
+
+def log_job_summary(summary: dict[str, Any]) -> None:
+    """Write scalar job results into the active W&B run's summary (no-op without a run)."""
+    if wandb.run is None:
+        return
+    wandb.run.summary.update({k: v for k, v in summary.items() if isinstance(v, int | float)})
+
+
+def finish_tracking() -> None:
+    """Close the job's W&B run, so multiruns and failures leave no dangling run."""
+    if wandb.run is not None:
+        log.info("W&B run files: %s", Path(wandb.run.dir).parent)
+        wandb.finish()

@@ -1,0 +1,122 @@
+"""End to end: the real CLI multirun over the three formulations on a tiny generated sample."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cxr_lightning.findings import FINDINGS
+
+pytestmark = pytest.mark.slow
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def multirun(tmp_path_factory):
+    """Run `python -m cxr_lightning.train -m formulation=...` once; return its sweep dir."""
+    home = tmp_path_factory.mktemp("e2e")
+    command = [
+        sys.executable, "-m", "cxr_lightning.train", "-m",
+        "formulation=binary,multilabel,multiclass",
+        f"paths.root_dir={home}", "data.sample.n_subjects=40", "data.image_size=32",
+        "trainer.max_epochs=2", "unfreeze.max_blocks=1",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MIMIC_CXR"))}
+    done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    sweeps = list((home / "outputs" / "multiruns").iterdir())
+    assert len(sweeps) == 1
+    return {"sweep": sweeps[0], "home": home, "log": done.stdout + done.stderr}
+
+
+def test_every_formulation_writes_complete_results(multirun):
+    results = {json.loads(p.read_text())["formulation"]: json.loads(p.read_text())
+               for p in multirun["sweep"].glob("*/results.json")}
+    assert set(results) == {"binary", "multilabel", "multiclass"}
+    for name, result in results.items():
+        metrics = result["metrics"]
+        predictions = pd.DataFrame(result["predictions"])
+        assert len(predictions) == metrics["test/n/edema"] > 0
+        for finding in FINDINGS:
+            probability = predictions[f"{finding}_prob"]
+            assert probability.between(0, 1).all()
+            assert 0 <= metrics[f"test/auroc/{finding}"] <= 1
+            correct = ((probability > 0.5) == (predictions[finding] == 1)).mean()
+            assert metrics[f"test/acc/{finding}"] == pytest.approx(correct)
+        assert metrics["train/epochs"] == (4 if name == "binary" else 2)
+        assert len(result["members"]) == (2 if name == "binary" else 1)
+        assert metrics["train/total_time_s"] > 0
+        assert result["config"]["data"]["source"] == "sample"
+    assert "embedded MIMIC-CXR-format sample" in multirun["log"]
+
+
+def test_multirun_ends_with_a_comparison_table(multirun):
+    table = pd.read_csv(multirun["sweep"] / "comparison.csv")
+    assert sorted(table["formulation"]) == ["binary", "multiclass", "multilabel"]
+    assert "Comparison of 3 jobs" in multirun["log"]
+
+
+def _wandb_files(sweep: Path) -> list[Path]:
+    runs = list(sweep.glob("*/wandb/offline-run-*"))
+    assert len(runs) == 3, runs  # one offline run per job, the binary pair included
+    return [p for run in runs for p in run.rglob("*") if p.is_file()]
+
+
+def test_wandb_runs_are_offline_and_hold_no_images_or_identifiers(multirun):
+    files = _wandb_files(multirun["sweep"])
+    assert any(p.suffix == ".wandb" for p in files)
+    sample = multirun["home"] / "data" / "mimic_cxr_sample"
+    metadata = pd.read_csv(sample / "mimic-cxr-2.0.0-metadata.csv.gz")
+    image_ids = set(metadata["dicom_id"])
+    subject_ids = {str(s) for s in metadata["subject_id"]}
+    identifier = re.compile(rb"[0-9a-f]{8}(?:-[0-9a-f]{8}){4}|(?<!\d)1\d{7}(?!\d)")
+    for path in files:
+        assert path.suffix.lower() not in {".png", ".jpg", ".jpeg", ".dcm", ".npy"}, path
+        content = path.read_bytes()
+        for match in identifier.findall(content):
+            assert match.decode() not in image_ids | subject_ids, (path, match)
+        for dicom_keyword in (b"PatientID", b"PixelData", b"PhotometricInterpretation"):
+            assert dicom_keyword not in content, (path, dicom_keyword)
+
+
+def _wandb_run_summary(run_dir: Path) -> dict:
+    """The offline run as W&B itself reads it back (`wandb leet inspect --summary --json`)."""
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    done = subprocess.run([str(wandb_cli), "leet", "inspect", "--summary", "--json", str(run_dir)],
+                          capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(done.stdout)
+
+
+def test_each_job_has_one_finished_wandb_run_with_the_same_summary_keys(multirun):
+    for job in sorted(multirun["sweep"].iterdir()):
+        if not job.is_dir():
+            continue
+        results = json.loads((job / "results.json").read_text())
+        (run_dir,) = job.glob("wandb/offline-run-*")
+        run = _wandb_run_summary(run_dir)
+        assert run["state"] == "finished" and run["project"] == "cxr-lightning"
+        assert run["console_lines"] == 0  # console capture is off
+        assert run["config"]["formulation"]["name"] == results["formulation"]
+        for finding in FINDINGS:
+            for metric in ("auroc", "acc"):
+                key = f"test/{metric}/{finding}"
+                assert run["summary"][key] == pytest.approx(results["metrics"][key])
+        if results["formulation"] == "binary":  # both models' curves, kept apart by a prefix
+            assert {"edema-val/auroc/edema", "effusion-val/auroc/effusion"} <= set(run["summary"])
+        else:
+            assert "val/auroc/mean" in run["summary"]
+
+
+def test_csv_logs_hold_each_models_curves(multirun):
+    binary = next(multirun["sweep"].glob("*_binary"))
+    assert sorted(p.name for p in (binary / "csv").iterdir()) == ["binary-edema",
+                                                                   "binary-effusion"]
+    history = pd.read_csv(binary / "csv" / "binary-edema" / "metrics.csv")
+    assert {"val/auroc/edema", "train/loss_epoch", "unfreeze/stage"} <= set(history.columns)
