@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from itertools import islice
 from pathlib import Path
 
 import hydra
@@ -23,6 +24,7 @@ from omegaconf import DictConfig
 
 from cxr_lightning.callbacks.timing import EpochTimer
 from cxr_lightning.data.datamodule import CXRDataModule
+from cxr_lightning.models.backbones import calibrate_batchnorm, is_random_init
 from cxr_lightning.models.classifier import CXRClassifier
 from cxr_lightning.models.formulations import Formulation, FormulationPlan
 from cxr_lightning.results import MemberResult, job_results, predictions_table, write_results
@@ -30,7 +32,7 @@ from cxr_lightning.tracking import finish_tracking, log_job_summary, member_logg
 
 log = logging.getLogger(__name__)
 
-MONITOR = "val/auroc/mean"
+BN_CALIBRATION_BATCHES = 20
 
 
 def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
@@ -53,14 +55,20 @@ def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
     if resume_from:
         log.info("Resuming %s from %s", name, resume_from)
     log.info("Training %s (%s, findings %s)", name, cfg.model.backbone, member.findings)
+    if is_random_init(cfg.model.weights) and resume_from is None:
+        calibration = islice(datamodule.train_dataloader(), BN_CALIBRATION_BATCHES)
+        model.backbone.to(trainer.strategy.root_device)
+        calibrate_batchnorm(model.backbone, (batch["image"] for batch in calibration))
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+    # read before predict(): loading the best checkpoint restores the callbacks' earlier state
+    epochs, epoch_times_s = trainer.current_epoch, list(timer.epoch_times_s)
     probabilities = trainer.predict(model, dataloaders=datamodule.test_dataloader(),
                                     ckpt_path="best")
     return MemberResult(
         name=name,
         findings=member.findings,
-        epochs=trainer.current_epoch,
-        epoch_times_s=timer.epoch_times_s,
+        epochs=epochs,
+        epoch_times_s=epoch_times_s,
         best_val_auroc_mean=float(checkpoint.best_model_score),
         best_checkpoint=checkpoint.best_model_path,
         test_probabilities=probabilities,

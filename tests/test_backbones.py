@@ -11,7 +11,12 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from cxr_lightning.models.backbones import build_backbone, unfreezable_blocks
+from cxr_lightning.models.backbones import (
+    build_backbone,
+    calibrate_batchnorm,
+    is_random_init,
+    unfreezable_blocks,
+)
 
 IMAGES = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -135,3 +140,25 @@ def test_local_state_dict_of_another_architecture(tmp_path: Path) -> None:
 def test_missing_weights_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"model\.weights.*nowhere\.pth"):
         build_backbone("resnet18", str(tmp_path / "nowhere.pth"))
+
+
+def test_batchnorm_calibration_tames_a_random_deep_trunk():
+    torch.manual_seed(0)
+    trunk, _ = build_backbone("resnet152", "none")
+    trunk.eval()
+    images = torch.randn(8, 3, 32, 32)
+    weights_before = {k: v.clone() for k, v in trunk.named_parameters()}
+    with torch.no_grad():
+        exploded = trunk(images).abs().mean().item()
+    calibrate_batchnorm(trunk, [images[:4], images[4:]])
+    with torch.no_grad():
+        calibrated = trunk(images).abs().mean().item()
+    assert exploded > 1e3  # eval-mode BN with mean 0 / var 1 does not normalise
+    assert calibrated < 10
+    assert all(torch.equal(p, weights_before[k]) for k, p in trunk.named_parameters())
+    assert not trunk.training  # update_bn restores the mode it found
+
+
+def test_random_init_keywords():
+    assert is_random_init(None) and is_random_init("none") and is_random_init(" None ")
+    assert not is_random_init("imagenet") and not is_random_init("/path/to/weights.pt")

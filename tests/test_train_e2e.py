@@ -52,6 +52,8 @@ def test_every_formulation_writes_complete_results(multirun):
             assert metrics[f"test/acc/{finding}"] == pytest.approx(correct)
         assert metrics["train/epochs"] == (4 if name == "binary" else 2)
         assert len(result["members"]) == (2 if name == "binary" else 1)
+        for member in result["members"]:  # one wall time per epoch the model trained
+            assert len(member["epoch_times_s"]) == member["epochs"] == 2
         assert metrics["train/total_time_s"] > 0
         assert result["config"]["data"]["source"] == "sample"
     assert "embedded MIMIC-CXR-format sample" in multirun["log"]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 from torchvision import models
 from torchvision.models import WeightsEnum
 
@@ -41,14 +42,18 @@ def build_backbone(name: str, weights: str | None) -> tuple[nn.Module, int]:
         raise ValueError(f"Unknown backbone {name!r}; known: {', '.join(_RESNETS)}")
     constructor, weights_enum = _RESNETS[name]
     trunk = constructor(weights=None)
-    keyword = weights.strip().lower() if isinstance(weights, str) else None
-    if keyword == "imagenet":
+    if isinstance(weights, str) and weights.strip().lower() == "imagenet":
         trunk.load_state_dict(_imagenet_state_dict(name, weights_enum.DEFAULT))
-    elif weights is not None and keyword != "none":
+    elif not is_random_init(weights):
         _load_local_weights(trunk, Path(weights).expanduser())
     num_features = trunk.fc.in_features
     trunk.fc = nn.Identity()
     return trunk, num_features
+
+
+def is_random_init(weights: str | None) -> bool:
+    """Whether a ``model.weights`` value asks for random initialisation (``none`` or null)."""
+    return weights is None or weights.strip().lower() == "none"
 
 
 def unfreezable_blocks(trunk: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -130,3 +135,16 @@ def _key_prefix(loaded: Mapping[str, object], expected: Mapping[str, object]) ->
         if suffixes:
             prefixes[key[: -len(max(suffixes, key=len))]] += 1
     return prefixes.most_common(1)[0][0] if prefixes else ""
+
+
+def calibrate_batchnorm(trunk: nn.Module, images: Iterable[torch.Tensor]) -> None:
+    """Estimate every BatchNorm layer's running statistics from ``images`` (batches of inputs).
+
+    A random-init trunk's BatchNorm layers hold mean 0 / variance 1, so a frozen (eval-mode) deep
+    trunk does not normalise and its features explode (ResNet152: ~1e7). Recalibrating them
+    (torch's ``update_bn``) makes the frozen trunk a normalised random-feature extractor; weights
+    are untouched. Pretrained trunks need no calibration: their statistics are meaningful.
+    """
+    device = next(trunk.parameters()).device
+    update_bn(images, trunk, device=device)
+    log.info("Calibrated the BatchNorm statistics of the random-init backbone")
