@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -42,6 +43,14 @@ def predictions_table(test_manifest: pd.DataFrame, members: list[MemberResult]) 
         if len(probabilities) != len(table):
             raise RuntimeError(f"{member.name}: {len(probabilities)} test predictions for "
                                f"{len(table)} test images")
+        if not np.isfinite(probabilities).all():
+            raise RuntimeError(
+                f"{member.name}: {int((~np.isfinite(probabilities)).sum())} test probabilities "
+                f"are not finite: training diverged (checkpoint {member.best_checkpoint}); "
+                "lower model.lr or check the inputs")
+        if (probabilities.std(axis=0) == 0).any():
+            log.warning("%s predicts one constant probability for every test image: its AUROC "
+                        "is 0.5 by construction, not a measured result", member.name)
         for column, finding in enumerate(member.findings):
             table[probability_column(finding)] = probabilities[:, column]
     return table

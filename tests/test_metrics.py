@@ -3,9 +3,11 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, roc_auc_score
 
 from cxr_lightning.evaluation.metrics import finding_metrics
+from cxr_lightning.results import MemberResult, predictions_table
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -28,3 +30,31 @@ def test_metrics_match_sklearn(tied):
         assert metrics[f"test/acc/{finding}"] == pytest.approx(accuracy_score(y, p > 0.5))
         assert metrics[f"test/confusion/{finding}"] == confusion_matrix(y, p > 0.5).tolist()
     assert metrics["test/n/edema"] == n - 31
+
+
+def _member(probabilities):
+    return MemberResult(name="multilabel", findings=("edema", "effusion"), epochs=1,
+                        epoch_times_s=[1.0], best_val_auroc_mean=0.5, best_checkpoint="best.ckpt",
+                        test_probabilities=[torch.tensor(probabilities)])
+
+
+def _test_manifest(n):
+    return pd.DataFrame({"image_id": [f"i{k}" for k in range(n)], "subject_id": range(n),
+                         "study_id": range(n), "view": "PA", "edema": [0.0, 1.0] * (n // 2),
+                         "effusion": [1.0, 0.0] * (n // 2)})
+
+
+def test_predictions_table_puts_each_probability_in_its_finding_column():
+    table = predictions_table(_test_manifest(2), [_member([[0.1, 0.8], [0.7, 0.2]])])
+    assert table["edema_prob"].tolist() == pytest.approx([0.1, 0.7])
+    assert table["effusion_prob"].tolist() == pytest.approx([0.8, 0.2])
+
+
+def test_diverged_predictions_are_an_error_not_a_result():
+    with pytest.raises(RuntimeError, match="not finite.*diverged"):
+        predictions_table(_test_manifest(2), [_member([[float("nan"), 0.8], [0.7, 0.2]])])
+
+
+def test_constant_predictions_are_flagged(caplog):
+    predictions_table(_test_manifest(2), [_member([[0.5, 0.8], [0.5, 0.2]])])
+    assert "constant probability" in caplog.text
