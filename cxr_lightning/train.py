@@ -84,6 +84,7 @@ def run_job(cfg: DictConfig) -> float:
                  "embedded MIMIC-CXR-format sample in %s", cfg.data.root)
     datamodule: CXRDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
+    datamodule.manifest.to_csv(output_dir / "manifest.csv", index=False)  # the job's cohort
     plan: FormulationPlan = instantiate(cfg.formulation.plan)
     try:
         members = [train_member(cfg, plan, m, datamodule, output_dir) for m in plan.members]

@@ -56,6 +56,9 @@ def test_every_formulation_writes_complete_results(multirun):
             assert len(member["epoch_times_s"]) == member["epochs"] == 2
         assert metrics["train/total_time_s"] > 0
         assert result["config"]["data"]["source"] == "sample"
+        manifest = pd.read_csv(next(multirun["sweep"].glob(f"*_{name}")) / "manifest.csv")
+        test_ids = set(manifest.loc[manifest["split"] == "test", "image_id"])
+        assert set(predictions["image_id"]) == test_ids
     assert "embedded MIMIC-CXR-format sample" in multirun["log"]
 
 
