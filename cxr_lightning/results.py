@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cxr_lightning.data.mimic import CohortReport
+from cxr_lightning.data.manifest import CohortReport
 from cxr_lightning.evaluation.metrics import finding_metrics, probability_column
 from cxr_lightning.findings import FINDINGS
 

@@ -2,10 +2,16 @@
 
 import gzip
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_lightning.data.manifest import MANIFEST_COLUMNS, cohort_table, validate_manifest
+from cxr_lightning.data.manifest import (
+    MANIFEST_COLUMNS,
+    cohort_table,
+    random_patient_split,
+    validate_manifest,
+)
 from cxr_lightning.data.mimic import build_mimic_manifest
 
 
@@ -27,7 +33,7 @@ def test_cohort_is_images_with_both_findings_known(small_sample, labeler):
     source = expected.set_index("dicom_id").loc[row["image_id"]]
     assert row["edema"] == source["Edema"] and row["effusion"] == source["Pleural Effusion"]
     assert (small_sample / row["path"]).is_file()
-    assert report.images_in_metadata == len(metadata)
+    assert report.images_in_source == len(metadata)
     assert report.images_in_cohort + sum(report.dropped.values()) == len(metadata)
     assert report.dropped["edema_uncertain_or_blank"] > 0
 
@@ -62,3 +68,15 @@ def test_cohort_table_counts_combinations_per_split(small_sample):
 def test_missing_csv_names_the_file_and_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"mimic-cxr-2.0.0-chexpert.csv.gz.*data.root"):
         build_mimic_manifest(tmp_path)
+
+
+def test_random_patient_split_is_seeded_patient_level_and_proportional():
+    subjects = pd.Series(np.repeat(np.arange(1000), 3))  # 3 images per patient
+    split = random_patient_split(subjects, seed=5)
+    assert split.groupby(subjects).nunique().max() == 1
+    per_subject = split.groupby(subjects).first().value_counts()
+    assert (per_subject["train"], per_subject["val"], per_subject["test"]) == (800, 100, 100)
+    assert split.equals(random_patient_split(subjects, seed=5))
+    assert not split.equals(random_patient_split(subjects, seed=6))
+    shuffled = subjects.sample(frac=1, random_state=0)
+    assert random_patient_split(shuffled, seed=5).sort_index().equals(split)

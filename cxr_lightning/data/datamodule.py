@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cxr_lightning.data.cache import CacheSpec, ImageCache, build_image_cache
-from cxr_lightning.data.manifest import cohort_table
-from cxr_lightning.data.mimic import CohortReport, build_mimic_manifest
+from cxr_lightning.data.manifest import CohortReport, cohort_table
+from cxr_lightning.data.mimic import build_mimic_manifest
 from cxr_lightning.data.sample import generate_sample, is_complete_sample
 from cxr_lightning.data.transforms import to_network_input, training_augmentation
 from cxr_lightning.findings import FINDINGS

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+import numpy as np
 import pandas as pd
 
 from cxr_lightning.findings import FINDINGS
@@ -10,6 +13,33 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "image_id", "subject_id", "study_id", "path", "view", "split", *FINDINGS, "source",
 )
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+@dataclass
+class CohortReport:
+    """How a source's images became the cohort: counts in, dropped by each rule, and kept."""
+
+    images_in_source: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    images_in_cohort: int = 0
+
+
+def random_patient_split(subject_ids: pd.Series, seed: int,
+                         fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> pd.Series:
+    """Seeded train/val/test assignment by subject: every image of a patient in one split.
+
+    Subjects are shuffled with ``numpy.random.default_rng(seed)`` and cut at the cumulative
+    fractions; the result is aligned with ``subject_ids`` and independent of its row order.
+    """
+    if len(fractions) != len(SPLITS) or abs(sum(fractions) - 1) > 1e-9 or min(fractions) < 0:
+        raise ValueError(f"split fractions {fractions} must be 3 non-negative numbers summing to 1")
+    subjects = np.sort(subject_ids.unique())
+    order = np.random.default_rng(seed).permutation(len(subjects))
+    cuts = np.round(np.cumsum(fractions)[:-1] * len(subjects)).astype(int)
+    split_of_position = np.array(SPLITS)[np.searchsorted(cuts, np.arange(len(subjects)),
+                                                         side="right")]
+    split_of_subject = dict(zip(subjects[order], split_of_position, strict=True))
+    return subject_ids.map(split_of_subject).rename("split")
 
 
 def validate_manifest(manifest: pd.DataFrame, origin: str) -> None:

@@ -9,12 +9,11 @@ uncertain (-1) and blank labels drop the image.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from cxr_lightning.data.manifest import MANIFEST_COLUMNS, validate_manifest
+from cxr_lightning.data.manifest import MANIFEST_COLUMNS, CohortReport, validate_manifest
 from cxr_lightning.findings import FINDINGS
 
 log = logging.getLogger(__name__)
@@ -22,15 +21,6 @@ log = logging.getLogger(__name__)
 LABEL_COLUMNS: dict[str, str] = {"edema": "Edema", "effusion": "Pleural Effusion"}
 LABELERS: tuple[str, ...] = ("chexpert", "negbio")
 SPLIT_NAMES: dict[str, str] = {"train": "train", "validate": "val", "test": "test"}
-
-
-@dataclass
-class CohortReport:
-    """How many images each cohort rule removed, for the log and results.json."""
-
-    images_in_metadata: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
-    images_in_cohort: int = 0
 
 
 def mimic_csv(root: Path, name: str) -> Path:
@@ -64,7 +54,7 @@ def build_mimic_manifest(
     metadata = pd.read_csv(mimic_csv(root, "metadata"),
                            usecols=["dicom_id", "subject_id", "study_id", "ViewPosition"])
     split = pd.read_csv(mimic_csv(root, "split"), usecols=["dicom_id", "split"])
-    report = CohortReport(images_in_metadata=len(metadata))
+    report = CohortReport(images_in_source=len(metadata))
 
     labels = labels[["subject_id", "study_id", *LABEL_COLUMNS.values()]].rename(
         columns={v: k for k, v in LABEL_COLUMNS.items()})
@@ -97,5 +87,5 @@ def build_mimic_manifest(
     report.images_in_cohort = len(manifest)
     validate_manifest(manifest, origin=str(root))
     log.info("MIMIC-CXR cohort from %s (%s labels): %d of %d images kept; dropped %s",
-             root, labeler, report.images_in_cohort, report.images_in_metadata, report.dropped)
+             root, labeler, report.images_in_cohort, report.images_in_source, report.dropped)
     return manifest, report
