@@ -2,7 +2,9 @@
 
 References used: hand computations of the PS3.3 C.11.2 VOI formulas, numpy percentiles,
 pydicom's own modality/VOI functions, pydicom-data's RG1 chest CR (in three transfer
-syntaxes) and a MONOCHROME1/MONOCHROME2 twin pair from ../shared/data/dicom.
+syntaxes), pydicom's bundled files with uncompressed twins (one per transfer syntax),
+libjpeg-turbo through OpenCV for JPEG Baseline, the MIMIC-CXR-JPG description for the
+equalised mode, and a MONOCHROME1/MONOCHROME2 twin pair from ../shared/data/dicom.
 """
 
 from __future__ import annotations
@@ -10,16 +12,26 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import (
+    JPEG2000,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    RLELossless,
+    generate_uid,
+)
 
 from cxr_lightning.data.dicom import (
     DicomDecodeError,
     DisplayInfo,
+    ImageDecodeError,
     read_dicom_display,
     read_dicom_display_with_info,
     read_dicom_uint8,
@@ -82,6 +94,23 @@ def _dataset(
 def _save(ds: Dataset, path: Path) -> Path:
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def _smooth(rng: np.random.Generator, shape: tuple[int, int] = (96, 128)) -> np.ndarray:
+    """12-bit image of smooth structure plus mild noise (what lossy codecs are built for)."""
+    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
+    signal = 2048 + 1500 * np.sin(cols / 9.0) * np.cos(rows / 13.0)
+    return (signal + rng.normal(0, 20, shape)).clip(0, 4095).astype(np.uint16)
+
+
+def _testdata(name: str) -> Path:
+    """A file bundled with pydicom or pydicom-data, found offline; skip when absent."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.skip(f"{name} not among pydicom's test files")
+    return Path(path)
 
 
 def _linear(v: np.ndarray, c: float, w: float) -> np.ndarray:
@@ -234,20 +263,6 @@ def test_unused_high_bits_are_masked(tmp_path, signed):
     expected = _linear(values.astype(np.float64) * 2 - 1024, 600.0, 1001.0)
     np.testing.assert_allclose(read_dicom_display(dirty), expected, atol=1e-6)
     np.testing.assert_array_equal(read_dicom_display(dirty), read_dicom_display(clean))
-
-
-def test_rle_lossless_decodes_identically(tmp_path):
-    pixels = _pixels(np.random.default_rng(7))
-    ds = _dataset(pixels, WindowCenter=2048, WindowWidth=4096)
-    plain = _save(ds, tmp_path / "plain.dcm")
-    ds.compress(RLELossless)
-    rle = _save(ds, tmp_path / "rle.dcm")
-
-    image, info = read_dicom_display_with_info(rle)
-    assert info.transfer_syntax == RLELossless
-    assert dcmread(rle).file_meta.TransferSyntaxUID == RLELossless
-    np.testing.assert_array_equal(image, read_dicom_display(plain))
-    np.testing.assert_array_equal(read_dicom_uint8(rle), read_dicom_uint8(plain))
 
 
 @pytest.mark.parametrize("voi", [{"WindowCenter": 600, "WindowWidth": 1001}, {}])
@@ -417,3 +432,178 @@ def test_siim_percentile_window_and_orientation(siim_twins):
     np.testing.assert_allclose(image, np.clip((stored - lo) / (hi - lo), 0, 1), atol=1e-6)
     _assert_lungs_dark(image)
     np.testing.assert_array_equal(read_dicom_uint8(mono2), np.rint(image * 255))
+
+
+# ---------------------------------------------------- transfer syntaxes: synthetic files
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless])
+def test_lossless_encodings_decode_identically(tmp_path, syntax):
+    pixels = _pixels(np.random.default_rng(7))
+    ds = _dataset(pixels, WindowCenter=2048, WindowWidth=4096)
+    plain = _save(ds, tmp_path / "plain.dcm")
+    ds.compress(syntax)
+    packed = _save(ds, tmp_path / "packed.dcm")
+
+    image, info = read_dicom_display_with_info(packed)
+    assert info.transfer_syntax == syntax
+    assert dcmread(packed).file_meta.TransferSyntaxUID == syntax
+    np.testing.assert_array_equal(image, read_dicom_display(plain))
+    np.testing.assert_array_equal(read_dicom_uint8(packed), read_dicom_uint8(plain))
+
+
+def test_jpeg2000_lossy_is_close(tmp_path):
+    ds = _dataset(_smooth(np.random.default_rng(11)), WindowCenter=2048, WindowWidth=4096)
+    plain = _save(ds, tmp_path / "plain.dcm")
+    ds.compress(JPEG2000, j2k_cr=[10])
+    lossy = _save(ds, tmp_path / "lossy.dcm")
+
+    image, info = read_dicom_display_with_info(lossy)
+    assert info.transfer_syntax == JPEG2000
+    difference = np.abs(image - read_dicom_display(plain))
+    assert 0 < difference.mean() < 0.01 and difference.max() < 0.05
+
+
+def test_jpeg_baseline_matches_libjpeg_turbo(tmp_path):
+    """8-bit grey JPEG made by OpenCV, wrapped in DICOM; OpenCV's decode is the reference."""
+    original = (_smooth(np.random.default_rng(12)) >> 4).astype(np.uint8)
+    ok, encoded = cv2.imencode(".jpg", original, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    # LINEAR_EXACT with center 127.5, width 255 is the identity on 0..255 (PS3.3 C.11.2.1.3.2).
+    ds = _dataset(original.astype(np.uint16), bits_stored=8, WindowCenter=127.5,
+                  WindowWidth=255, VOILUTFunction="LINEAR_EXACT")
+    ds.BitsAllocated = 8
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([encoded.tobytes()])
+    ds["PixelData"].VR = "OB"
+    path = _save(ds, tmp_path / "baseline.dcm")
+
+    decoded = read_dicom_uint8(path).astype(np.int16)
+    assert read_dicom_display_with_info(path)[1].transfer_syntax == JPEGBaseline8Bit
+    reference = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED).astype(np.int16)
+    assert np.abs(decoded - reference).max() <= 1  # two IDCT implementations
+    assert np.abs(decoded - original).mean() < 1.5
+
+
+# ---------------------------------------------- transfer syntaxes: pydicom's bundled files
+
+#: (encoded file, its twin, exact?): each twin holds the same pixels uncompressed (for lossy
+#: files ending in ``I``, the ``UNCI`` twin is the decompressed lossy image itself).
+TWINS = [
+    ("MR_small_implicit.dcm", "MR_small.dcm", True),
+    ("MR_small_bigendian.dcm", "MR_small.dcm", True),
+    ("MR_small_RLE.dcm", "MR_small.dcm", True),
+    ("MR_small_jp2klossless.dcm", "MR_small.dcm", True),
+    ("MR_small_jpeg_ls_lossless.dcm", "MR_small.dcm", True),
+    ("MR2_J2KR.dcm", "MR2_UNCR.dcm", True),
+    ("693_J2KR.dcm", "693_UNCR.dcm", True),
+    ("RG3_J2KR.dcm", "RG3_UNCR.dcm", True),
+    ("MR2_J2KI.dcm", "MR2_UNCI.dcm", True),
+    ("693_J2KI.dcm", "693_UNCI.dcm", True),
+    ("MR2_J2KI.dcm", "MR2_UNCR.dcm", False),
+    # JPEG Lossless SV1 has no uncompressed twin here: its lossy (76:1) JPEG Extended
+    # sibling of the same acquisition, read through the same percentile window, is close.
+    ("JPEG-LL.dcm", "JPGExtended.dcm", False),
+]
+
+
+@pytest.mark.parametrize(("encoded", "twin", "exact"), TWINS, ids=[t[0] for t in TWINS])
+def test_transfer_syntax_matches_twin(encoded, twin, exact):
+    encoded_path, twin_path = _testdata(encoded), _testdata(twin)
+    image, info = read_dicom_display_with_info(encoded_path)
+    assert info.transfer_syntax == dcmread(encoded_path).file_meta.TransferSyntaxUID
+    reference = read_dicom_display(twin_path)
+    if exact:
+        np.testing.assert_array_equal(image, reference)
+    else:
+        difference = np.abs(image - reference)
+        assert 0 < difference.mean() < 0.03 and np.quantile(difference, 0.999) < 0.25
+
+
+def test_jpeg_lossless_sv1_decoder_is_bit_exact():
+    """The SV1 decoder the reader relies on, on the one SV1 file with an uncompressed twin.
+
+    That pair is RGB (which the reader rejects), so the decoded arrays are compared directly.
+    """
+    encoded, twin = _testdata("SC_rgb_jpeg_gdcm.dcm"), _testdata("SC_rgb.dcm")
+    np.testing.assert_array_equal(dcmread(encoded).pixel_array, dcmread(twin).pixel_array)
+
+
+@pytest.mark.parametrize("name", ["JPGLosslessP14SV1_1s_1f_8b.dcm", "JPGExtended.dcm"])
+def test_transfer_syntax_decodes(name):
+    path = _testdata(name)
+    ds = dcmread(path)
+    image, info = read_dicom_display_with_info(path)
+    assert info.transfer_syntax == ds.file_meta.TransferSyntaxUID
+    assert image.shape == (ds.Rows, ds.Columns) and image.std() > 0
+
+
+def test_undecodable_codestream_names_file():
+    path = _testdata("JPEG-lossy.dcm")  # a JPEG Extended stream no installed plugin accepts
+    with pytest.raises(DicomDecodeError, match="cannot decode pixel data") as err:
+        read_dicom_uint8(path)
+    assert str(path) in str(err.value)
+
+
+# -------------------------------------------------------- MIMIC-CXR-JPG (equalised) mode
+
+
+def _mimic_reference(stored: np.ndarray, monochrome1: bool) -> np.ndarray:
+    """The MIMIC-CXR-JPG description, step by step (min-max, truncate, invert, equalise)."""
+    shifted = stored.astype(np.float64) - stored.min()
+    quantised = (shifted / shifted.max() * 255).astype(np.uint8)
+    if monochrome1:
+        quantised = 255 - quantised
+    return cv2.equalizeHist(quantised)
+
+
+def _assert_equalised(image: np.ndarray, tolerance: float) -> None:
+    """The cumulative histogram is close to the straight line of a uniform histogram."""
+    cdf = np.cumsum(np.bincount(image.ravel(), minlength=256)) / image.size
+    assert np.abs(cdf - np.arange(1, 257) / 256).max() < tolerance
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_equalised_mode_follows_mimic_cxr_jpg(tmp_path, photometric):
+    stored = _smooth(np.random.default_rng(13), (128, 128))
+    path = _save(_dataset(stored, photometric=photometric), tmp_path / "e.dcm")
+    image = read_dicom_uint8(path, histogram_equalization=True)
+
+    assert image.dtype == np.uint8 and image.shape == stored.shape
+    monochrome1 = photometric == "MONOCHROME1"
+    np.testing.assert_array_equal(image, _mimic_reference(stored, monochrome1))
+    _assert_equalised(image, tolerance=0.02)
+    # Monotone: sorted by stored value, the output never goes back (MONOCHROME1: never up).
+    ordered = image.ravel()[np.argsort(stored.ravel(), kind="stable")].astype(np.int16)
+    steps = np.diff(ordered)
+    assert (steps <= 0).all() if monochrome1 else (steps >= 0).all()
+
+
+def test_equalised_mode_ignores_window_and_rescale(tmp_path):
+    stored = _smooth(np.random.default_rng(14))
+    bare = _save(_dataset(stored), tmp_path / "bare.dcm")
+    windowed = _save(_dataset(stored, WindowCenter=900, WindowWidth=300, RescaleSlope=2,
+                              RescaleIntercept=-1024), tmp_path / "windowed.dcm")
+    equalised = read_dicom_uint8(bare, histogram_equalization=True)
+    np.testing.assert_array_equal(read_dicom_uint8(windowed, histogram_equalization=True),
+                                  equalised)
+    assert not np.array_equal(read_dicom_uint8(windowed), read_dicom_uint8(bare))
+
+
+def test_equalised_mode_constant_image(tmp_path):
+    path = _save(_dataset(np.full((8, 8), 700, np.uint16)), tmp_path / "flat.dcm")
+    image = read_dicom_uint8(path, histogram_equalization=True)
+    assert image.dtype == np.uint8 and len(np.unique(image)) == 1
+
+
+def test_equalised_mode_rg1_chest():
+    path = _testdata("RG1_UNCR.dcm")  # MONOCHROME1, 15 bits stored
+    image = read_dicom_uint8(path, histogram_equalization=True)
+    np.testing.assert_array_equal(image, _mimic_reference(dcmread(path).pixel_array, True))
+    _assert_equalised(image, tolerance=0.03)  # a grey level cannot be split: steps remain
+    _assert_lungs_dark(image / 255.0)
+
+
+def test_dicom_error_is_an_image_error():
+    assert issubclass(DicomDecodeError, ImageDecodeError)
+    assert issubclass(ImageDecodeError, ValueError)

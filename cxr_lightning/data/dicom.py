@@ -6,6 +6,14 @@ Pipeline applied by :func:`read_dicom_display` (and its variants), in order:
    pylibjpeg / openjpeg / libjpeg plugins, RLE natively). pydicom masks the unused high
    bits when *Bits Stored* < *Bits Allocated* (and sign-extends signed data); the raw
    *Pixel Data* bytes are never read directly, so that masking is never bypassed.
+   Transfer syntaxes covered by the tests (``tests/test_dicom.py``), each against an
+   independent reference: bit-exact to an uncompressed twin for Implicit/Explicit VR Little
+   Endian, Explicit VR Big Endian, RLE Lossless, JPEG 2000 Lossless and JPEG-LS Lossless;
+   JPEG 2000 (lossy) bit-exact to its decompressed twin and close to the original; JPEG
+   Baseline 8-bit within one grey level of OpenCV's (libjpeg-turbo) decode of the same
+   codestream; JPEG Lossless SV1 decoder bit-exact on an RGB pair and a monochrome file
+   close to its lossy sibling; JPEG Extended 12-bit decoded. A codestream no installed
+   plugin accepts raises :class:`DicomDecodeError`.
    Only single-frame ``MONOCHROME1``/``MONOCHROME2`` images with *Samples per Pixel* = 1
    are accepted; anything else raises :class:`DicomDecodeError`.
 2. **Modality LUT** — :func:`pydicom.pixels.apply_modality_lut`: *Modality LUT Sequence*
@@ -44,6 +52,28 @@ float32, so a ``MONOCHROME1`` twin of a ``MONOCHROME2`` image decodes to exactly
 ``1 - image``. :func:`read_dicom_uint8` quantises before inverting (``255 - q``), so twins
 are exact 8-bit complements too; it equals ``round(read_dicom_display * 255)`` except at
 exact .5 ties, where it may differ by one.
+
+**MIMIC-CXR-JPG compatibility** (``read_dicom_uint8(path, histogram_equalization=True)``,
+config ``data.histogram_equalization``) replaces steps 2-4 by the conversion that produced
+MIMIC-CXR-JPG, as its authors describe it (Johnson et al., MIMIC-CXR-JPG v2.0.0, PhysioNet
+2019, section *Methods / Chest radiographs*; paraphrased): pixels extracted with pydicom,
+shifted by the image minimum, divided by the maximum of the shifted image, scaled to
+[0, 255], truncated and converted to unsigned integers; inverted where
+*PhotometricInterpretation* requires it; histogram-equalised with OpenCV; written as JPEG by
+OpenCV at quality 95. Reproduced here, bit for bit where the description is unambiguous:
+
+* the decoded stored values (``ds.pixel_array``, step 1 above) — no modality LUT, VOI LUT or
+  window, which the description does not mention;
+* ``q = floor((p - min) / (max - min) * 255)`` in float64, in that order, cast to uint8 (a
+  constant image gives 0);
+* ``MONOCHROME1``: ``q = 255 - q``, so that dense tissue is bright, as in the standard
+  display and in this module's other outputs (the description's sentence on which of air and
+  body appears white is self-contradictory);
+* ``cv2.equalizeHist(q)``.
+
+The final JPEG (quality 95) round trip is *not* reproduced: it is storage, not
+preprocessing; its error (about one grey level at full resolution) is averaged away by the
+downscale to the cache size, and reproducing it would only add noise.
 """
 
 from __future__ import annotations
@@ -53,6 +83,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import cv2
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -68,8 +99,16 @@ VoiSource = Literal["voi_lut", "window", "percentile"]
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 
 
-class DicomDecodeError(ValueError):
-    """A file that cannot be turned into a single-frame grey image; the message names it."""
+class ImageDecodeError(ValueError):
+    """An image file (any kind) that cannot be read as a grey image; the message names it.
+
+    The base of every decoding error of :mod:`cxr_lightning.data` (re-exported by
+    :mod:`cxr_lightning.data.images`); defined here so that module can import this one.
+    """
+
+
+class DicomDecodeError(ImageDecodeError):
+    """A DICOM file that cannot be turned into a single-frame grey image."""
 
 
 @dataclass(frozen=True)
@@ -102,12 +141,15 @@ def read_dicom_display_with_info(path: str | Path) -> tuple[np.ndarray, DisplayI
     return values, info
 
 
-def read_dicom_uint8(path: str | Path) -> np.ndarray:
+def read_dicom_uint8(path: str | Path, histogram_equalization: bool = False) -> np.ndarray:
     """Read a DICOM file as a uint8 (H, W) array, 255 = bright: ``round(display * 255)``.
 
     MONOCHROME1 images are quantised before the inversion (``255 - q``), which differs from
-    rounding the inverted value by one only at exact .5 ties (see module doc).
+    rounding the inverted value by one only at exact .5 ties (see module doc). With
+    ``histogram_equalization`` the MIMIC-CXR-JPG conversion is applied instead (module doc).
     """
+    if histogram_equalization:
+        return _mimic_cxr_jpg_uint8(Path(path))
     values, info = _presentation_values(Path(path))
     quantised = np.rint(values * np.float32(255.0)).astype(np.uint8)
     if info.photometric == "MONOCHROME1":
@@ -115,8 +157,19 @@ def read_dicom_uint8(path: str | Path) -> np.ndarray:
     return quantised
 
 
-def _presentation_values(path: Path) -> tuple[np.ndarray, DisplayInfo]:
-    """Steps 1-3 of the pipeline: float32 values in [0, 1] before the MONOCHROME1 flip."""
+def _mimic_cxr_jpg_uint8(path: Path) -> np.ndarray:
+    """MIMIC-CXR-JPG's conversion: min-max to 8 bits (truncated), inversion, equalisation."""
+    _, pixels, photometric = _decode(path)
+    shifted = pixels.astype(np.float64) - float(pixels.min())
+    peak = float(shifted.max())
+    quantised = (shifted / peak * 255.0 if peak > 0 else shifted).astype(np.uint8)
+    if photometric == "MONOCHROME1":
+        quantised = np.uint8(255) - quantised
+    return cv2.equalizeHist(quantised)
+
+
+def _decode(path: Path) -> tuple[Dataset, np.ndarray, str]:
+    """Step 1: the dataset, its decoded stored values (H, W) and its photometric."""
     ds = _read_dataset(path)
     photometric = _check_single_grey_frame(ds, path)
     try:
@@ -125,6 +178,12 @@ def _presentation_values(path: Path) -> tuple[np.ndarray, DisplayInfo]:
         raise DicomDecodeError(f"{path}: cannot decode pixel data: {exc}") from exc
     if pixels.ndim != 2:
         raise DicomDecodeError(f"{path}: expected a 2-D image, decoded shape {pixels.shape}")
+    return ds, pixels, photometric
+
+
+def _presentation_values(path: Path) -> tuple[np.ndarray, DisplayInfo]:
+    """Steps 1-3 of the pipeline: float32 values in [0, 1] before the MONOCHROME1 flip."""
+    ds, pixels, photometric = _decode(path)
     try:
         modality = apply_modality_lut(pixels, ds)
     except Exception as exc:
