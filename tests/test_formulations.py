@@ -16,6 +16,7 @@ from cxr_lightning.models.formulations import (
     MulticlassFormulation,
     MultilabelFormulation,
     binary_plan,
+    compatible_classes,
     inverse_frequency_weights,
     multiclass_plan,
     multilabel_plan,
@@ -64,12 +65,45 @@ def test_weighted_cross_entropy_matches_hand_computation():
     assert formulation.loss(logits, labels).item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_multiclass_loss_skips_rows_with_a_masked_finding():
+def _softmax(row):
+    z = sum(math.exp(v) for v in row)
+    return [math.exp(v) / z for v in row]
+
+
+def test_compatible_classes_treat_nan_as_either_value():
+    labels = torch.tensor([[0.0, 1.0], [1.0, NAN], [NAN, 0.0], [NAN, NAN]])
+    assert compatible_classes(labels).tolist() == [
+        [False, True, False, False],  # (0,1)
+        [False, False, True, True],  # (1,0), (1,1)
+        [True, False, True, False],  # (0,0), (1,0)
+        [True, True, True, True],
+    ]
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_multiclass_loss_is_the_marginal_likelihood_of_compatible_classes(weighted):
     formulation = MulticlassFormulation()
-    logits = torch.tensor([[1.0, 0.0, 0.0, 0.0], [5.0, -5.0, 3.0, 0.0]])
-    labels = torch.tensor([[0.0, 0.0], [NAN, 1.0]])
-    only_first = formulation.loss(logits[:1], labels[:1])
-    assert formulation.loss(logits, labels).item() == pytest.approx(only_first.item())
+    if weighted:  # counts (2,1,1,4) -> weights (1, 2, 2, 0.5), as above
+        formulation.fit_to_training_labels(torch.tensor(
+            [[0.0, 0.0]] * 2 + [[0.0, 1.0], [1.0, 0.0]] + [[1.0, 1.0]] * 4))
+    w = [1.0, 2.0, 2.0, 0.5] if weighted else [1.0] * 4
+    logits = torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.1, 0.2, 0.3, 0.4],
+                           [-0.5, 1.5, 0.2, 0.1], [3.0, -2.0, 1.0, 0.0]])
+    labels = torch.tensor([[0.0, 1.0], [1.0, NAN], [NAN, 0.0], [NAN, NAN]])
+    p = [_softmax(row) for row in logits.tolist()]
+    nll = [-math.log(p[0][1]), -math.log(p[1][2] + p[1][3]), -math.log(p[2][0] + p[2][2])]
+    row_w = [w[1], (w[2] + w[3]) / 2, (w[0] + w[2]) / 2]  # mean of the compatible classes'
+    expected = sum(wi * li for wi, li in zip(row_w, nll, strict=True)) / sum(row_w)
+    assert formulation.loss(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+    # the row with both findings masked contributes nothing, not even to the normaliser
+    assert formulation.loss(logits[:3], labels[:3]).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_multiclass_loss_of_fully_masked_rows_is_zero_with_a_gradient():
+    logits = torch.randn(3, 4, requires_grad=True)
+    loss = MulticlassFormulation().loss(logits, torch.full((3, 2), NAN))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(logits.grad, torch.zeros(3, 4))
 
 
 def _bce(logit: float, target: float) -> float:

@@ -35,7 +35,8 @@ def test_cohort_is_images_with_both_findings_known(small_sample, labeler):
     assert (small_sample / row["path"]).is_file()
     assert report.images_in_source == len(metadata)
     assert report.images_in_cohort + sum(report.dropped.values()) == len(metadata)
-    assert report.dropped["edema_uncertain_or_blank"] > 0
+    assert report.dropped["edema_uncertain"] + report.dropped["edema_blank"] > 0
+    assert report.patients == manifest["subject_id"].nunique()
 
 
 def test_split_is_the_official_one_and_patient_level(small_sample):

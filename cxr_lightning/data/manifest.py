@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,11 +18,26 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 @dataclass
 class CohortReport:
-    """How a source's images became the cohort: counts in, dropped by each rule, and kept."""
+    """How a source's images became the cohort: counts in, dropped by each rule, and kept.
+
+    ``dropped`` maps each rule, in the order applied, to the images it removed (each image
+    counted once), so ``images_in_cohort + sum(dropped.values()) == images_in_source``.
+    ``patients`` and ``views`` (images per view) describe the cohort; ``options`` are the
+    choices that made it (``CohortOptions.to_dict()``).
+    """
 
     images_in_source: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     images_in_cohort: int = 0
+    patients: int = 0
+    views: dict[str, int] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def record_cohort(self, manifest: pd.DataFrame) -> None:
+        """Set the cohort's counts (images, patients, views) from its manifest."""
+        self.images_in_cohort = len(manifest)
+        self.patients = int(manifest["subject_id"].nunique())
+        self.views = {str(k): int(v) for k, v in manifest["view"].value_counts().items()}
 
 
 def random_patient_split(subject_ids: pd.Series, seed: int,
@@ -71,9 +87,15 @@ def validate_manifest(manifest: pd.DataFrame, origin: str) -> None:
 
 
 def cohort_table(manifest: pd.DataFrame) -> pd.DataFrame:
-    """The study's Table 2: image counts per (edema, effusion) combination and split."""
-    known = manifest.dropna(subset=list(FINDINGS))
-    combination = (known[FINDINGS[0]].astype(int).astype(str) + ","
-                   + known[FINDINGS[1]].astype(int).astype(str))
-    table = pd.crosstab(combination.rename("(edema,effusion)"), known["split"])
-    return table.reindex(columns=[s for s in SPLITS if s in table.columns], fill_value=0)
+    """The study's Table 2: image counts per (edema, effusion) combination and split.
+
+    Rows are ``"0,0"`` ... ``"1,1"``, then combinations with a masked (NaN) finding, written
+    ``masked`` (e.g. ``"1,masked"``), so every image of the manifest is counted once.
+    """
+    text = {finding: manifest[finding].map(lambda v: "masked" if pd.isna(v) else str(int(v)))
+            for finding in FINDINGS}
+    combination = (text[FINDINGS[0]] + "," + text[FINDINGS[1]]).rename("(edema,effusion)")
+    table = pd.crosstab(combination, manifest["split"])
+    rows = sorted(table.index, key=lambda c: ("masked" in c, c))
+    return table.reindex(index=rows, columns=[s for s in SPLITS if s in table.columns],
+                         fill_value=0)

@@ -3,23 +3,29 @@
 Reads ``mimic-cxr-2.0.0-{chexpert|negbio}.csv.gz`` (labels per study), ``-metadata.csv.gz``
 (view per image) and ``-split.csv.gz`` (official patient-disjoint split, ``validate`` -> ``val``).
 The default cohort is the study's: images whose label is known (0 or 1) for both findings;
-uncertain (-1) and blank labels drop the image.
+uncertain (-1) and blank labels drop the image. Labeler, label policy per finding, views and
+split are options (:mod:`cxr_lightning.data.cohort`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from cxr_lightning.data.manifest import MANIFEST_COLUMNS, CohortReport, validate_manifest
-from cxr_lightning.findings import FINDINGS
+from cxr_lightning.data.cohort import CohortOptions, apply_label_policy
+from cxr_lightning.data.manifest import (
+    MANIFEST_COLUMNS,
+    CohortReport,
+    random_patient_split,
+    validate_manifest,
+)
 
 log = logging.getLogger(__name__)
 
 LABEL_COLUMNS: dict[str, str] = {"edema": "Edema", "effusion": "Pleural Effusion"}
-LABELERS: tuple[str, ...] = ("chexpert", "negbio")
 SPLIT_NAMES: dict[str, str] = {"train": "train", "validate": "val", "test": "test"}
 
 
@@ -45,29 +51,47 @@ def build_mimic_manifest(
     labeler: str = "chexpert",
     source: str = "mimic_cxr",
     suffix: str = ".dcm",
+    *,
+    label_policy: str | Mapping[str, str] | None = None,
+    views: Sequence[str] | None = None,
+    split: str = "official",
+    split_seed: int = 0,
 ) -> tuple[pd.DataFrame, CohortReport]:
-    """Read a MIMIC-CXR tree's CSVs into the manifest of the study's cohort, with its report."""
-    if labeler not in LABELERS:
-        raise ValueError(f"data.labeler={labeler!r}: expected one of {LABELERS}")
+    """Read a MIMIC-CXR tree's CSVs into the cohort's manifest and its report.
+
+    The cohort options (see :class:`~cxr_lightning.data.cohort.CohortOptions`, whose ``to_dict()``
+    is valid keyword arguments here) default to the study's cohort. Rules apply in this order,
+    each image counted once in ``report.dropped`` under the first rule that drops it:
+    ``study_without_labels``, ``view_not_selected``, ``edema_uncertain``, ``edema_blank``,
+    ``effusion_uncertain``, ``effusion_blank``, ``not_in_split_csv`` (all keys always present).
+    Images inherit their study's labels. ``random_patient`` splits all the source's patients
+    (the metadata's), so a patient's split does not depend on the label policy or views.
+    """
+    options = CohortOptions(labeler=labeler, label_policy=label_policy, views=views, split=split,
+                            split_seed=split_seed)
     root = Path(root)
-    labels = pd.read_csv(mimic_csv(root, labeler))
+    labels = pd.read_csv(mimic_csv(root, options.labeler))
     metadata = pd.read_csv(mimic_csv(root, "metadata"),
                            usecols=["dicom_id", "subject_id", "study_id", "ViewPosition"])
-    split = pd.read_csv(mimic_csv(root, "split"), usecols=["dicom_id", "split"])
-    report = CohortReport(images_in_source=len(metadata))
+    report = CohortReport(images_in_source=len(metadata), options=options.to_dict())
 
     labels = labels[["subject_id", "study_id", *LABEL_COLUMNS.values()]].rename(
         columns={v: k for k, v in LABEL_COLUMNS.items()})
-    images = metadata.merge(labels, on=["subject_id", "study_id"], how="left", indicator=True)
+    images = metadata.assign(view=metadata["ViewPosition"].fillna("UNKNOWN").astype(str))
+    images = images.merge(labels, on=["subject_id", "study_id"], how="left", indicator=True)
     report.dropped["study_without_labels"] = int((images["_merge"] == "left_only").sum())
     images = images[images["_merge"] == "both"].drop(columns="_merge")
 
-    for finding in FINDINGS:
-        unknown = ~images[finding].isin([0.0, 1.0])
-        report.dropped[f"{finding}_uncertain_or_blank"] = int(unknown.sum())
-        images = images[~unknown]
+    selected = (pd.Series(True, index=images.index) if options.views is None
+                else images["view"].isin(options.views))
+    report.dropped["view_not_selected"] = int((~selected).sum())
+    images = images[selected]
+    absent = sorted(set(options.views or ()) - set(images["view"]))
+    if absent:
+        log.warning("views %s do not occur in the labelled images of %s", absent, root)
 
-    images = images.merge(split, on="dicom_id", how="left")
+    images = apply_label_policy(images, options.label_policy, report.dropped)
+    images = images.assign(split=_split(root, images, metadata, options))
     no_split = images["split"].isna()
     report.dropped["not_in_split_csv"] = int(no_split.sum())
     images = images[~no_split]
@@ -78,14 +102,26 @@ def build_mimic_manifest(
         "study_id": images["study_id"].astype("int64"),
         "path": [image_path(s, t, d, suffix) for s, t, d in
                  zip(images["subject_id"], images["study_id"], images["dicom_id"], strict=True)],
-        "view": images["ViewPosition"].fillna("UNKNOWN").astype(str),
-        "split": images["split"].map(SPLIT_NAMES),
+        "view": images["view"],
+        "split": images["split"],
         "edema": images["edema"].astype(float),
         "effusion": images["effusion"].astype(float),
         "source": source,
     })[list(MANIFEST_COLUMNS)].reset_index(drop=True)
-    report.images_in_cohort = len(manifest)
+    report.record_cohort(manifest)
     validate_manifest(manifest, origin=str(root))
-    log.info("MIMIC-CXR cohort from %s (%s labels): %d of %d images kept; dropped %s",
-             root, labeler, report.images_in_cohort, report.images_in_source, report.dropped)
+    log.info("MIMIC-CXR cohort from %s (%s): %d of %d images, %d patients kept; dropped %s",
+             root, report.options, report.images_in_cohort, report.images_in_source,
+             report.patients, report.dropped)
     return manifest, report
+
+
+def _split(root: Path, images: pd.DataFrame, metadata: pd.DataFrame,
+           options: CohortOptions) -> pd.Series:
+    """Each image's split (train/val/test, NaN where the official split CSV lacks it)."""
+    if options.split == "random_patient":
+        subjects = metadata["subject_id"]
+        of_subject = random_patient_split(subjects, options.split_seed).groupby(subjects).first()
+        return images["subject_id"].map(of_subject)
+    official = pd.read_csv(mimic_csv(root, "split"), usecols=["dicom_id", "split"])
+    return images["dicom_id"].map(official.set_index("dicom_id")["split"].map(SPLIT_NAMES))

@@ -18,6 +18,7 @@ import torch.nn.functional as F  # noqa: N812
 from cxr_lightning.findings import (
     FINDINGS,
     NUM_COMBINATIONS,
+    class_to_combination,
     combination_to_class,
     marginal_probabilities,
 )
@@ -97,9 +98,13 @@ class MultilabelFormulation(Formulation):
 class MulticlassFormulation(Formulation):
     """4-way softmax over (edema, effusion) combinations, class-weighted CE (formulation (c)).
 
-    Class weights are N / (4 * n_c) from the training split (inverse frequency, mean 1 under the
-    training distribution). Images with a masked finding have no single class and are excluded
-    from the loss.
+    Class weights are N / (4 * n_c) from the training split's fully labelled rows (inverse
+    frequency, mean 1 under the training distribution). A row with one masked finding has two
+    compatible classes and its loss is the marginal likelihood ``-log(sum of their
+    probabilities)``, e.g. edema=1, effusion masked: ``-log(p2 + p3)``; a row with both masked
+    says nothing and is left out. A row's weight is the mean of its compatible classes' weights,
+    and the batch loss is ``sum(w_i * nll_i) / sum(w_i)`` like torch's weighted cross-entropy,
+    which it equals exactly when every row is fully labelled.
     """
 
     findings = FINDINGS
@@ -115,14 +120,28 @@ class MulticlassFormulation(Formulation):
         self.class_weights = inverse_frequency_weights(labels)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        known = ~torch.isnan(labels).any(dim=1)
-        if not known.any():
+        compatible = compatible_classes(labels)
+        informative = ~compatible.all(dim=1)
+        if not informative.any():
             return logits.sum() * 0.0
-        weights = None if self.class_weights is None else self.class_weights.to(logits)
-        return F.cross_entropy(logits[known], combination_to_class(labels[known]), weight=weights)
+        compatible = compatible[informative]
+        log_p = torch.log_softmax(logits[informative], dim=1)
+        nll = -torch.logsumexp(log_p.masked_fill(~compatible, float("-inf")), dim=1)
+        if self.class_weights is None:
+            return nll.mean()
+        class_weights = self.class_weights.to(logits)
+        weights = (compatible.to(logits) @ class_weights) / compatible.sum(dim=1)
+        return (weights * nll).sum() / weights.sum()
 
     def finding_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return marginal_probabilities(torch.softmax(logits, dim=1))
+
+
+def compatible_classes(labels: torch.Tensor) -> torch.Tensor:
+    """(N, 4) bool: the combinations consistent with (N, 2) labels, a NaN matching 0 and 1."""
+    combinations = class_to_combination(torch.arange(NUM_COMBINATIONS, device=labels.device))
+    matches = labels[:, None, :] == combinations[None].to(labels)
+    return (matches | torch.isnan(labels)[:, None, :]).all(dim=2)
 
 
 def inverse_frequency_weights(labels: torch.Tensor) -> torch.Tensor:
