@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test test-fast lint format clean
+.PHONY: install train test test-fast lint format clean bench-data
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ test: install
 ## Everything but the end-to-end runs.
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+## Data-path throughput (DICOM -> 512 cache per core, cache -> batches per worker); < 2 min.
+bench-data: install
+	$(BIN)/python experiments/bench_data.py
 
 lint: install
 	$(BIN)/ruff check cxr_lightning tests experiments

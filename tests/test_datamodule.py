@@ -1,4 +1,7 @@
-"""Image cache and CXRDataModule: built once, keyed by parameters, never decoding in training."""
+"""CXRDataModule over the image cache: built once, keyed by parameters, never decoding in training.
+
+The cache's own format (shards, resume, failures) is tested in test_cache.py.
+"""
 
 import shutil
 
@@ -18,7 +21,8 @@ from cxr_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 @pytest.fixture()
 def datamodule(small_sample, tmp_path):
     module = CXRDataModule(root=str(small_sample), source="sample", image_size=48, batch_size=8,
-                           num_workers=0, cache_dir=str(tmp_path / "cache"), cache_workers=1)
+                           num_workers=0, cache_dir=str(tmp_path / "cache"), cache_workers=1,
+                           resize="squash")
     module.prepare_data()
     return module
 
@@ -58,11 +62,19 @@ def test_batches_are_normalised_three_channel_tensors(datamodule):
     assert labels.shape[1] == 2 and set(labels.flatten().tolist()) <= {0.0, 1.0}
 
 
+def test_worker_batches_equal_in_process_batches(datamodule):
+    in_process = next(iter(datamodule.val_dataloader()))
+    datamodule.num_workers = 1
+    from_worker = next(iter(datamodule.val_dataloader()))
+    torch.testing.assert_close(from_worker["image"], in_process["image"], atol=0, rtol=0)
+    torch.testing.assert_close(from_worker["labels"], in_process["labels"])
+
+
 def test_training_never_decodes_dicom(datamodule, monkeypatch):
-    def forbidden(path):
+    def forbidden(path, spec):
         raise AssertionError(f"decoded {path} during training")
 
-    monkeypatch.setattr(cache_module, "read_dicom_uint8", forbidden)
+    monkeypatch.setattr(cache_module, "decode_image", forbidden)
     datamodule.setup("fit")
     assert len(list(datamodule.train_dataloader())) > 0
 
@@ -70,10 +82,10 @@ def test_training_never_decodes_dicom(datamodule, monkeypatch):
 def test_cache_is_reused_and_keyed_by_parameters(small_sample, tmp_path):
     manifest, _ = build_mimic_manifest(small_sample, source="sample")
     first = build_image_cache(manifest, small_sample, tmp_path, CacheSpec(image_size=32), 1)
-    stamp = (first.directory / "images.npy").stat().st_mtime_ns
+    stamp = (first.directory / "shard-00000.npy").stat().st_mtime_ns
     again = build_image_cache(manifest, small_sample, tmp_path, CacheSpec(image_size=32), 1)
     assert again.directory == first.directory
-    assert (again.directory / "images.npy").stat().st_mtime_ns == stamp
+    assert (again.directory / "shard-00000.npy").stat().st_mtime_ns == stamp
     assert cache_directory(manifest, tmp_path, CacheSpec(image_size=40)) != first.directory
     assert cache_directory(manifest.iloc[1:], tmp_path, CacheSpec(32)) != first.directory
 

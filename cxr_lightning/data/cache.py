@@ -1,22 +1,46 @@
-"""Manifest -> resized 8-bit image cache, built once and streamed by every epoch.
+"""Manifest -> resized 8-bit image cache in fixed-size shards, built once and streamed always.
 
-A cache lives in ``{cache_dir}/{source}-{size}px-{key}`` where ``key`` hashes the preprocessing
-parameters and the list of images, so a changed parameter means a new cache, never a stale one.
-It holds ``images.npy`` (uint8, N x size x size, memory-mapped when read), ``index.csv``
-(image_id -> row), ``skipped.csv`` (images that could not be decoded, with the reason) and
-``spec.json``. It is written into a temporary directory and renamed when complete, so an
-interrupted build never leaves a cache that looks finished.
+Layout of a cache directory (``{cache_dir}/{source}-{size}px-{key}``, ``key`` hashing the
+preprocessing parameters and the image list, so a changed parameter means a new directory)::
+
+    spec.json                  CacheSpec (size, resize policy, interpolation, shard size, format
+                               version) + the image-list hash + image and shard counts
+    shard-00000.npy            uint8 (n, S, S), n = shard_size except in the last shard
+    shard-00000.index.csv      image_id of each row of the shard, in row order
+    shard-00000.failures.csv   image_id, path, reason of the images that could not be decoded
+    ...
+    COMPLETE                   written last, once every shard exists
+
+The manifest is sorted by ``image_id`` and shard ``k`` holds its rows ``[k*n, (k+1)*n)``, so a
+shard's contents depend only on the spec and the image list: a rebuild is byte-identical and
+shards can be built on different machines (``--shard i/N``) and copied together. An image that
+fails to decode keeps its row (all zeros) and is listed in the shard's failures; readers leave
+it out. Each shard file is written under a ``.partial`` name and renamed (the ``.npy`` last, so
+its presence means the shard is complete); a build that is killed resumes with the shards that
+are missing and never rewrites a complete one. Writes hold an exclusive ``flock`` on
+``.lock``, so builders running at once on one directory (parallel jobs, ``--shard`` runs on a
+shared file system) never interleave; the later one finds the shard done and skips it.
+
+Readers (:func:`open_image_cache`) memory-map every shard. The cache is map-style: under DDP,
+Lightning's ``DistributedSampler`` and the DataLoader's workers split it without any help.
+
+Build ahead of training (the DataModule finds the same keyed directory under ``data.cache_dir``)::
+
+    python -m cxr_lightning.data.cache --root $MIMIC_CXR_ROOT --out data/cache --size 512 \
+        [--resize pad] [--workers N] [--shard i/N] [--source mimic_cxr] [--labeler chexpert]
 """
 
 from __future__ import annotations
 
+import argparse
+import fcntl
 import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -25,59 +49,154 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from cxr_lightning.data.dicom import read_dicom_uint8
+from cxr_lightning.data.images import ImageDecodeError, read_image_uint8
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
+DEFAULT_SHARD_SIZE = 1024
+RESIZE_POLICIES = ("pad", "squash", "center_crop")
+COMPLETE_MARKER = "COMPLETE"
+_INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 
 
 @dataclass(frozen=True)
 class CacheSpec:
-    """Preprocessing parameters that define a cache's contents."""
+    """Preprocessing parameters that define a cache's contents.
+
+    ``resize``: ``pad`` keeps the aspect ratio and pads to a square with 0 (black), the image
+    centred (an odd remainder goes to the bottom/right); ``squash`` stretches to the square;
+    ``center_crop`` keeps the central square. ``interpolation="area"`` (cv2.INTER_AREA) is the
+    anti-aliased choice for downsampling. ``histogram_equalization`` is passed to
+    :func:`~cxr_lightning.data.images.read_image_uint8`.
+    """
 
     image_size: int
+    resize: str = "pad"
     interpolation: str = "area"
+    histogram_equalization: bool = False
+    shard_size: int = DEFAULT_SHARD_SIZE
     format_version: int = CACHE_FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_POLICIES:
+            raise ValueError(f"resize={self.resize!r}: expected one of {RESIZE_POLICIES}")
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"interpolation={self.interpolation!r}: expected one of "
+                             f"{tuple(_INTERPOLATIONS)}")
+        if self.image_size < 1 or self.shard_size < 1:
+            raise ValueError(f"image_size and shard_size must be positive: {self}")
+
+
+class CacheSpecMismatchError(ValueError):
+    """A cache directory holds images made with other parameters than those requested."""
+
+
+class ShardedImages:
+    """The shards of a cache as one read-only (N, S, S) uint8 sequence, memory-mapped lazily.
+
+    Pickles as its file paths (not the pixels), so DataLoader workers started with ``spawn``
+    map the shards themselves.
+    """
+
+    def __init__(self, paths: list[Path], shard_size: int, image_size: int, length: int) -> None:
+        self.paths = paths
+        self.shard_size = shard_size
+        self.shape = (length, image_size, image_size)
+        self._maps: list[np.ndarray | None] = [None] * len(paths)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if not 0 <= index < self.shape[0]:
+            raise IndexError(f"image {index} out of range for a cache of {self.shape[0]}")
+        shard, row = divmod(int(index), self.shard_size)
+        images = self._maps[shard]
+        if images is None:
+            images = self._maps[shard] = np.load(self.paths[shard], mmap_mode="r")
+        return images[row]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_maps": [None] * len(self.paths)}
 
 
 @dataclass
 class ImageCache:
-    """A built cache: the memory-mapped images and the image_id -> row index."""
+    """A complete cache: ``images[row_of[image_id]]`` is an image; failed images are absent."""
 
     directory: Path
-    images: np.ndarray
+    images: ShardedImages
     row_of: dict[str, int]
-    skipped: pd.DataFrame
+    skipped: pd.DataFrame = field(repr=False)
+
+    def get(self, image_id: str) -> np.ndarray:
+        """The cached (S, S) uint8 image of ``image_id`` (read-only)."""
+        return self.images[self.row_of[image_id]]
 
 
-_INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
+@dataclass
+class BuildSummary:
+    """What one build call did (of the shards it was asked for)."""
+
+    directory: Path
+    shards_total: int
+    shards_built: int
+    images_built: int
+    images_failed: int
+    complete: bool
+
+
+def resize_square(image: np.ndarray, size: int, policy: str = "pad",
+                  interpolation: str = "area") -> np.ndarray:
+    """Resize a 2-D uint8 image to (size, size) with a :class:`CacheSpec` resize policy."""
+    if image.ndim != 2 or min(image.shape) < 1:
+        raise ValueError(f"expected a non-empty 2-D image, got shape {image.shape}")
+    flag = _INTERPOLATIONS[interpolation]
+    height, width = image.shape
+    if policy == "squash":
+        return cv2.resize(image, (size, size), interpolation=flag)
+    if policy == "center_crop":
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        return cv2.resize(image[top:top + side, left:left + side], (size, size),
+                          interpolation=flag)
+    if policy != "pad":
+        raise ValueError(f"resize={policy!r}: expected one of {RESIZE_POLICIES}")
+    scale = size / max(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    padded = np.zeros((size, size), dtype=np.uint8)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    padded[top:top + new_h, left:left + new_w] = cv2.resize(image, (new_w, new_h),
+                                                            interpolation=flag)
+    return padded
+
+
+def decode_image(path: Path, spec: CacheSpec) -> np.ndarray:
+    """Decode one DICOM/PNG/JPEG file to 8-bit grey (255 = bright); ImageDecodeError if not."""
+    return read_image_uint8(path, histogram_equalization=spec.histogram_equalization)
+
+
+def load_and_resize(path: Path, spec: CacheSpec) -> np.ndarray:
+    """Decode one image file and resize it to the spec's square."""
+    return resize_square(decode_image(path, spec), spec.image_size, spec.resize,
+                         spec.interpolation)
+
+
+def image_list_hash(manifest: pd.DataFrame) -> str:
+    """SHA-256 of the sorted (image_id, path) pairs: the identity of the image list."""
+    digest = hashlib.sha256()
+    for image_id, path in sorted(zip(manifest["image_id"], manifest["path"], strict=True)):
+        digest.update(f"{image_id}\t{path}\n".encode())
+    return digest.hexdigest()
 
 
 def cache_directory(manifest: pd.DataFrame, cache_dir: Path, spec: CacheSpec) -> Path:
     """The directory a cache of these images under this spec lives in."""
     digest = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode())
-    for image_id, path in sorted(zip(manifest["image_id"], manifest["path"], strict=True)):
-        digest.update(f"{image_id}\t{path}\n".encode())
+    digest.update(image_list_hash(manifest).encode())
     source = str(manifest["source"].iloc[0]) if len(manifest) else "empty"
     return Path(cache_dir) / f"{source}-{spec.image_size}px-{digest.hexdigest()[:12]}"
-
-
-def load_and_resize(path: Path, spec: CacheSpec) -> np.ndarray:
-    """Decode one image file to 8-bit grey and resize it to spec.image_size squared."""
-    image = read_dicom_uint8(path)
-    if min(image.shape) < 2:
-        raise ValueError(f"{path}: image of shape {image.shape} is too small to resize")
-    size = (spec.image_size, spec.image_size)
-    return cv2.resize(image, size, interpolation=_INTERPOLATIONS[spec.interpolation])
-
-
-def _decode_task(task: tuple[int, str, CacheSpec]) -> tuple[int, np.ndarray | None, str]:
-    row, path, spec = task
-    try:
-        return row, load_and_resize(Path(path), spec), ""
-    except (OSError, ValueError, RuntimeError) as error:
-        return row, None, f"{type(error).__name__}: {error}"
 
 
 def build_image_cache(
@@ -87,71 +206,254 @@ def build_image_cache(
     spec: CacheSpec,
     num_workers: int = 2,
 ) -> ImageCache:
-    """Return the cache of the manifest's images, building it first when it does not exist.
+    """Return the cache of the manifest's images, building (or finishing) it first if needed.
 
-    Images that fail to decode are recorded in ``skipped.csv`` with the reason and left out;
-    the build goes on.
+    Images that fail to decode are recorded in the shards' failures with the reason and left
+    out; the build goes on.
     """
     directory = cache_directory(manifest, Path(cache_dir), spec)
-    if not (directory / "spec.json").is_file():
-        _build(manifest, Path(source_root), directory, spec, num_workers)
-    else:
+    if (directory / COMPLETE_MARKER).is_file():
         log.info("Using the image cache %s", directory)
-    return open_image_cache(directory)
+        return open_image_cache(directory, spec)
+    covering = _covering_cache(manifest, directory, spec)
+    if covering is not None:
+        return covering
+    build_shards(manifest, source_root, directory, spec, num_workers)
+    return open_image_cache(directory, spec)
 
 
-def open_image_cache(directory: Path) -> ImageCache:
-    """Open a complete cache directory (images memory-mapped read-only)."""
-    index = pd.read_csv(directory / "index.csv", dtype={"image_id": str})
-    skipped = pd.read_csv(directory / "skipped.csv", dtype={"image_id": str})
-    images = np.load(directory / "images.npy", mmap_mode="r")
-    return ImageCache(directory, images, dict(zip(index["image_id"], index["row"], strict=True)),
-                      skipped)
+def _covering_cache(manifest: pd.DataFrame, directory: Path, spec: CacheSpec) -> ImageCache | None:
+    """A complete sibling cache of the same source and spec holding every manifest image.
+
+    The CLI caches every labelled image of a source once; each cohort (label policy, views,
+    split) then reads its subset from that cache instead of decoding its own.
+    """
+    prefix = directory.name.rsplit("-", 1)[0]
+    wanted = set(manifest["image_id"])
+    for candidate in sorted(directory.parent.glob(f"{prefix}-*/{COMPLETE_MARKER}")):
+        record = json.loads((candidate.parent / "spec.json").read_text())
+        if record["spec"] != asdict(spec) or record["n_images"] < len(wanted):
+            continue
+        cache = open_image_cache(candidate.parent, spec)
+        held = cache.row_of.keys() | set(cache.skipped["image_id"])
+        if wanted <= held:
+            log.info("Using the image cache %s (%d images), which holds all %d of this cohort",
+                     cache.directory, record["n_images"], len(wanted))
+            return cache
+    return None
 
 
-def _build(manifest: pd.DataFrame, source_root: Path, directory: Path, spec: CacheSpec,
-           num_workers: int) -> None:
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+def build_shards(
+    manifest: pd.DataFrame,
+    source_root: str | Path,
+    directory: str | Path,
+    spec: CacheSpec,
+    num_workers: int = 2,
+    part: tuple[int, int] = (0, 1),
+) -> BuildSummary:
+    """Build the missing shards ``k`` with ``k % part[1] == part[0]`` into ``directory``.
+
+    Writes ``COMPLETE`` when every shard exists afterwards (so the last of several ``--shard``
+    runs on a shared directory, or a plain run after copying them together, completes it).
+    """
+    directory = Path(directory)
+    index, of = part
+    if not 0 <= index < of:
+        raise ValueError(f"shard part {index}/{of}: expected 0 <= i < N")
+    if manifest.empty or manifest["image_id"].duplicated().any():
+        raise ValueError("the manifest to cache must hold images, each image_id once")
+    ordered = manifest.sort_values("image_id", kind="stable").reset_index(drop=True)
+    stored = _spec_record(spec, ordered)
+    directory.mkdir(parents=True, exist_ok=True)
+    with _exclusive(directory):
+        if (directory / "spec.json").is_file():
+            _check_spec(directory, stored)
+        else:
+            _write_atomic(directory / "spec.json", json.dumps(stored, indent=2, sort_keys=True))
+    n_shards = stored["n_shards"]
+    todo = [k for k in range(index, n_shards, of) if not _shard_path(directory, k).is_file()]
+    rows = {k: ordered.iloc[k * spec.shard_size:(k + 1) * spec.shard_size] for k in todo}
+    tasks = [(str(Path(source_root) / path), spec) for k in todo for path in rows[k]["path"]]
+    results = _decode_all(tasks, num_workers)
+    failed = 0
+    with tqdm(total=len(tasks), unit="img", desc=f"Caching {len(todo)} shards at "
+              f"{spec.image_size}px") as progress:
+        for k in todo:
+            failed += _write_shard(directory, k, rows[k], spec, results, progress)
+    with _exclusive(directory):
+        complete = all(_shard_path(directory, k).is_file() for k in range(n_shards))
+        if complete:
+            _write_atomic(directory / COMPLETE_MARKER, f"{n_shards} shards\n")
+    summary = BuildSummary(directory, n_shards, len(todo), len(tasks), failed, complete)
+    if failed:
+        log.warning("%d of %d images could not be decoded and are skipped; reasons in "
+                    "%s/shard-*.failures.csv", failed, len(tasks), directory)
+    log.info("Image cache %s: built %d of %d shards (%d images, %d skipped)%s", directory,
+             len(todo), n_shards, len(tasks) - failed, failed,
+             "; complete" if complete else "; incomplete (other shards still missing)")
+    return summary
+
+
+def open_image_cache(directory: str | Path, spec: CacheSpec) -> ImageCache:
+    """Open a complete cache built with ``spec``; its shards are memory-mapped read-only.
+
+    Raises :class:`CacheSpecMismatchError` when the directory was built with other parameters,
+    and ``FileNotFoundError`` when it is incomplete.
+    """
+    directory = Path(directory)
+    record = _check_spec(directory, {"spec": asdict(spec)})
+    if not (directory / COMPLETE_MARKER).is_file():
+        raise FileNotFoundError(f"image cache {directory} is incomplete (no {COMPLETE_MARKER}): "
+                                "run the build again, it resumes with the missing shards")
+    n_shards = record["n_shards"]
+    ids = [pd.read_csv(_shard_path(directory, k, ".index.csv"), dtype={"image_id": str})
+           for k in range(n_shards)]
+    failures = [pd.read_csv(_shard_path(directory, k, ".failures.csv"), dtype={"image_id": str})
+                for k in range(n_shards)]
+    skipped = pd.concat(failures, ignore_index=True)
+    all_ids = pd.concat(ids, ignore_index=True)["image_id"]
+    failed = set(skipped["image_id"])
+    row_of = {image_id: row for row, image_id in enumerate(all_ids) if image_id not in failed}
+    paths = [_shard_path(directory, k) for k in range(n_shards)]
+    images = ShardedImages(paths, spec.shard_size, spec.image_size, len(all_ids))
+    return ImageCache(directory, images, row_of, skipped)
+
+
+def _spec_record(spec: CacheSpec, ordered: pd.DataFrame) -> dict:
+    n = len(ordered)
+    return {"spec": asdict(spec), "image_list_hash": image_list_hash(ordered), "n_images": n,
+            "n_shards": -(-n // spec.shard_size)}
+
+
+def _check_spec(directory: Path, expected: dict) -> dict:
+    """The stored spec record; an error naming both specs unless ``expected``'s keys match."""
+    path = directory / "spec.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not an image cache (no spec.json)")
+    stored = json.loads(path.read_text())
+    differing = {key for key in expected if stored.get(key) != expected[key]}
+    if differing:
+        raise CacheSpecMismatchError(
+            f"image cache {directory} was built with {_describe(stored, differing)}, but "
+            f"{_describe(expected, differing)} was requested: delete that directory (or choose "
+            "another cache_dir) and build again; caches are never reused across parameters")
+    return stored
+
+
+def _describe(record: dict, keys: set[str]) -> str:
+    return json.dumps({key: record.get(key) for key in sorted(keys)}, sort_keys=True)
+
+
+def _shard_path(directory: Path, shard: int, suffix: str = ".npy") -> Path:
+    return directory / f"shard-{shard:05d}{suffix}"
+
+
+@contextmanager
+def _exclusive(directory: Path) -> Iterator[None]:
+    """Hold the cache directory's write lock (released when the file closes)."""
+    with (directory / ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def _write_shard(directory: Path, shard: int, rows: pd.DataFrame, spec: CacheSpec,
+                 results: Iterator[np.ndarray | str], progress: tqdm) -> int:
+    """Fill one shard from the next ``len(rows)`` results, write it atomically; count failures."""
+    images = np.zeros((len(rows), spec.image_size, spec.image_size), dtype=np.uint8)
+    failures = []
+    for row, (image_id, path) in enumerate(zip(rows["image_id"], rows["path"], strict=True)):
+        result = next(results)
+        if isinstance(result, str):
+            failures.append((image_id, path, result))
+        else:
+            images[row] = result
+        progress.update()
+    npy = _shard_path(directory, shard)
+    with _exclusive(directory):
+        if npy.is_file():  # written meanwhile by a concurrent builder: identical, keep it
+            return len(failures)
+        _write_atomic(_shard_path(directory, shard, ".index.csv"),
+                      rows[["image_id"]].to_csv(index=False))
+        _write_atomic(_shard_path(directory, shard, ".failures.csv"),
+                      pd.DataFrame(failures, columns=["image_id", "path", "reason"]).to_csv(
+                          index=False))
+        partial = npy.with_name(npy.name + ".partial")
+        with partial.open("wb") as handle:
+            np.save(handle, images)
+        os.replace(partial, npy)  # last: the .npy's presence marks the shard complete
+    return len(failures)
+
+
+def _decode_task(task: tuple[str, CacheSpec]) -> np.ndarray | str:
+    """The resized image, or the reason it could not be made."""
+    path, spec = task
     try:
-        n = len(manifest)
-        images = np.lib.format.open_memmap(staging / "images.npy", mode="w+", dtype=np.uint8,
-                                           shape=(n, spec.image_size, spec.image_size))
-        tasks = [(row, str(source_root / path), spec) for row, path in enumerate(manifest["path"])]
-        failures: dict[int, str] = {}
-        progress = tqdm(total=n, desc=f"Caching {n} images at {spec.image_size}px", unit="img")
-        for row, image, error in _run_tasks(tasks, num_workers):
-            if image is None:
-                failures[row] = error
-            else:
-                images[row] = image
-            progress.update()
-        progress.close()
-        images.flush()
-        del images
-        ok = [row for row in range(n) if row not in failures]
-        pd.DataFrame({"image_id": manifest["image_id"].iloc[ok].to_numpy(), "row": ok}).to_csv(
-            staging / "index.csv", index=False)
-        pd.DataFrame({
-            "image_id": manifest["image_id"].iloc[list(failures)].to_numpy(),
-            "path": manifest["path"].iloc[list(failures)].to_numpy(),
-            "reason": list(failures.values()),
-        }).to_csv(staging / "skipped.csv", index=False)
-        (staging / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
-        os.replace(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if failures:
-        log.warning("%d of %d images could not be decoded and are skipped; reasons in %s",
-                    len(failures), n, directory / "skipped.csv")
-    log.info("Built the image cache %s (%d images)", directory, n - len(failures))
+        return load_and_resize(Path(path), spec)
+    except ImageDecodeError as error:
+        return f"{type(error).__name__}: {error}"
 
 
-def _run_tasks(tasks: list, num_workers: int):
-    """Decode tasks in a process pool (or in-process when num_workers <= 1), in any order."""
-    if num_workers <= 1:
+def _decode_all(tasks: list[tuple[str, CacheSpec]],
+                num_workers: int) -> Iterator[np.ndarray | str]:
+    """Decode tasks in order, in a process pool (in-process when num_workers <= 1)."""
+    if num_workers <= 1 or len(tasks) <= 1:
         yield from map(_decode_task, tasks)
         return
-    # fork: workers start at once (spawn would re-import the training stack in each worker)
-    with get_context("fork").Pool(num_workers) as pool:
-        yield from pool.imap_unordered(_decode_task, tasks, chunksize=8)
+    # fork: workers start at once (spawn would re-import the training stack in each worker);
+    # one OpenCV thread each, since the pool already occupies the cores
+    with get_context("fork").Pool(num_workers, initializer=cv2.setNumThreads,
+                                  initargs=(1,)) as pool:
+        yield from pool.imap(_decode_task, tasks, chunksize=4)
+
+
+def _parse_part(text: str) -> tuple[int, int]:
+    try:
+        index, of = (int(value) for value in text.split("/"))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected i/N, e.g. 0/4") from error
+    if not 0 <= index < of:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected 0 <= i < N")
+    return index, of
+
+
+def main(argv: list[str] | None = None) -> BuildSummary:
+    """CLI: build (part of) the cache of a MIMIC-CXR-format tree; see ``--help``."""
+    from cxr_lightning.data.mimic import build_mimic_manifest
+
+    parser = argparse.ArgumentParser(
+        prog="python -m cxr_lightning.data.cache",
+        description="Build the resized image cache of a MIMIC-CXR-format tree (resumable). "
+                    "With --shard i/N several machines build disjoint shards; copy them into one "
+                    "directory and run once more without --shard to mark the cache complete.")
+    parser.add_argument("--root", required=True, help="the tree holding files/ and the CSVs")
+    parser.add_argument("--out", required=True,
+                        help="the cache_dir (data.cache_dir); the cache goes in a keyed subdir")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--resize", choices=RESIZE_POLICIES, default="pad")
+    parser.add_argument("--histogram-equalization", action="store_true",
+                        help="equalise every image's histogram (MIMIC-CXR-JPG's conversion)")
+    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--shard", type=_parse_part, default=(0, 1), metavar="i/N",
+                        help="build only the shards k with k %% N == i")
+    parser.add_argument("--source", default="mimic_cxr")
+    parser.add_argument("--labeler", default="chexpert")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    spec = CacheSpec(image_size=args.size, resize=args.resize, shard_size=args.shard_size,
+                     histogram_equalization=args.histogram_equalization)
+    # every labelled image (uncertain/blank labels masked, all views): a cache that covers
+    # whichever cohort the DataModule selects from this source
+    manifest, _ = build_mimic_manifest(args.root, args.labeler, args.source, label_policy="mask")
+    directory = cache_directory(manifest, Path(args.out), spec)
+    return build_shards(manifest, args.root, directory, spec, args.workers, args.shard)
+
+
+if __name__ == "__main__":
+    main()

@@ -23,7 +23,11 @@ log = logging.getLogger(__name__)
 
 
 class CachedImageDataset(Dataset):
-    """Images of one split, read from the cache; items are dicts of image, labels and row."""
+    """Images of one split, read from the cache; items are dicts of image, labels and index.
+
+    Map-style, so Lightning's DistributedSampler (DDP ranks) and the DataLoader's workers split
+    it without any help.
+    """
 
     def __init__(self, manifest: pd.DataFrame, cache: ImageCache,
                  augmentation: A.Compose | None = None) -> None:
@@ -61,6 +65,7 @@ class CXRDataModule(pl.LightningDataModule):
         cache_dir: str = "cache",
         cache_workers: int = 2,
         augment: bool = True,
+        resize: str = "pad",
         sample: dict | None = None,
     ) -> None:
         super().__init__()
@@ -70,7 +75,7 @@ class CXRDataModule(pl.LightningDataModule):
         self.root = Path(root)
         self.source = source
         self.labeler = labeler
-        self.spec = CacheSpec(image_size=image_size)
+        self.spec = CacheSpec(image_size=image_size, resize=resize)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.cache_dir = Path(cache_dir)

@@ -1,0 +1,212 @@
+"""Sharded image cache: resize policies, determinism, kill-and-resume, --shard parts, failures."""
+
+import json
+import logging
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cxr_lightning.data import cache as cache_module
+from cxr_lightning.data.cache import (
+    COMPLETE_MARKER,
+    CacheSpec,
+    CacheSpecMismatchError,
+    build_image_cache,
+    build_shards,
+    cache_directory,
+    open_image_cache,
+    resize_square,
+)
+from cxr_lightning.data.mimic import build_mimic_manifest
+
+SPEC = CacheSpec(image_size=16, shard_size=4)
+
+
+@pytest.fixture(scope="module")
+def manifest(small_sample):
+    """The first 12 images of the sample (three shards of four)."""
+    full, _ = build_mimic_manifest(small_sample, source="sample")
+    return full.iloc[:12].reset_index(drop=True)
+
+
+def files_of(directory: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
+
+
+def test_pad_keeps_the_aspect_ratio_and_centres_on_black():
+    blocks = np.array([[10, 20, 30, 40], [50, 60, 70, 80]], dtype=np.uint8)
+    wide = np.kron(blocks, np.ones((2, 2), dtype=np.uint8))  # 4 x 8: 2x2 blocks average exactly
+    expected = np.zeros((4, 4), dtype=np.uint8)
+    expected[1:3] = blocks
+    np.testing.assert_array_equal(resize_square(wide, 4, "pad"), expected)
+    column = np.array([[90], [100], [110]], dtype=np.uint8)
+    tall = np.kron(column, np.ones((2, 2), dtype=np.uint8))  # 6 x 2 -> 3 x 1, centred column
+    expected = np.zeros((3, 3), dtype=np.uint8)
+    expected[:, 1:2] = column
+    np.testing.assert_array_equal(resize_square(tall, 3, "pad"), expected)
+
+
+def test_squash_stretches_and_center_crop_keeps_the_central_square():
+    blocks = np.arange(16, dtype=np.uint8).reshape(4, 4) * 10
+    wide = np.kron(blocks, np.ones((1, 2), dtype=np.uint8))  # 4 x 8: pairs average exactly
+    np.testing.assert_array_equal(resize_square(wide, 4, "squash"), blocks)
+    image = np.arange(32, dtype=np.uint8).reshape(4, 8)
+    np.testing.assert_array_equal(resize_square(image, 4, "center_crop"), image[:, 2:6])
+    np.testing.assert_array_equal(resize_square(image.T, 4, "center_crop"), image.T[2:6])
+
+
+def test_unknown_resize_policy_is_rejected():
+    with pytest.raises(ValueError, match="stretch"):
+        CacheSpec(image_size=16, resize="stretch")
+
+
+def test_build_is_sharded_deterministic_and_excludes_nothing_it_decoded(manifest, small_sample,
+                                                                        tmp_path):
+    first = build_shards(manifest, small_sample, tmp_path / "a", SPEC, num_workers=2)
+    build_shards(manifest.sample(frac=1, random_state=0), small_sample, tmp_path / "b", SPEC, 1)
+    assert (first.shards_total, first.images_built, first.images_failed) == (3, 12, 0)
+    assert files_of(tmp_path / "a") == files_of(tmp_path / "b")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(
+        [".lock", COMPLETE_MARKER, "spec.json"] + [f"shard-{k:05d}{suffix}" for k in range(3)
+                                          for suffix in (".npy", ".index.csv", ".failures.csv")])
+    assert np.load(tmp_path / "a" / "shard-00002.npy").shape == (4, 16, 16)
+    stored = json.loads((tmp_path / "a" / "spec.json").read_text())
+    assert stored["spec"]["resize"] == "pad" and stored["n_images"] == 12
+    cache = open_image_cache(tmp_path / "a", SPEC)
+    ordered = sorted(manifest["image_id"])
+    assert [cache.row_of[i] for i in ordered] == list(range(12))
+    reference = cache_module.load_and_resize(small_sample / manifest.iloc[5]["path"], SPEC)
+    np.testing.assert_array_equal(cache.get(manifest.iloc[5]["image_id"]), reference)
+
+
+_SLOW_BUILD = """
+import sys, time
+import pandas as pd
+from cxr_lightning.data import cache
+decode = cache.decode_image
+cache.decode_image = lambda path, spec: (time.sleep(0.1), decode(path, spec))[1]
+manifest = pd.read_csv(sys.argv[1], dtype={"image_id": str})
+cache.build_shards(manifest, sys.argv[2], sys.argv[3], cache.CacheSpec(16, shard_size=4), 1)
+"""
+
+
+def test_a_killed_build_resumes_without_redoing_complete_shards(manifest, small_sample,
+                                                                tmp_path):
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-c", _SLOW_BUILD, str(tmp_path / "manifest.csv"),
+                                str(small_sample), str(killed)], stderr=subprocess.DEVNULL)
+    first_shard = killed / "shard-00000.npy"
+    deadline = time.monotonic() + 60
+    while not first_shard.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert first_shard.exists() and not (killed / COMPLETE_MARKER).exists()
+    with pytest.raises(FileNotFoundError, match="incomplete"):
+        open_image_cache(killed, SPEC)
+    stamp = first_shard.stat().st_mtime_ns
+    resumed = build_shards(manifest, small_sample, killed, SPEC, 1)
+    assert resumed.shards_built < 3 and first_shard.stat().st_mtime_ns == stamp
+    build_shards(manifest, small_sample, tmp_path / "whole", SPEC, 1)
+    assert files_of(killed) == files_of(tmp_path / "whole")
+
+
+def test_concurrent_builders_of_one_directory_agree(manifest, small_sample, tmp_path):
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    shared = tmp_path / "shared"
+    processes = [subprocess.Popen([sys.executable, "-c", _SLOW_BUILD,
+                                   str(tmp_path / "manifest.csv"), str(small_sample), str(shared)])
+                 for _ in range(2)]
+    assert [process.wait(timeout=120) for process in processes] == [0, 0]
+    build_shards(manifest, small_sample, tmp_path / "whole", SPEC, 1)
+    assert files_of(shared) == files_of(tmp_path / "whole")
+
+
+def test_cli_parts_together_equal_a_full_build(small_sample, tmp_path):
+    common = ["--root", str(small_sample), "--size", "16", "--shard-size", "16", "--workers", "1",
+              "--source", "sample"]
+    part = cache_module.main([*common, "--out", str(tmp_path / "parts"), "--shard", "0/2"])
+    assert not part.complete and part.shards_built == -(-part.shards_total // 2)
+    rest = cache_module.main([*common, "--out", str(tmp_path / "parts"), "--shard", "1/2"])
+    assert rest.complete and part.directory == rest.directory
+    full = cache_module.main([*common, "--out", str(tmp_path / "full")])
+    assert files_of(rest.directory) == files_of(full.directory)
+    assert full.directory.name == rest.directory.name
+
+
+def test_a_cohort_reads_the_cli_cache_of_every_labelled_image(small_sample, tmp_path):
+    cli = cache_module.main(["--root", str(small_sample), "--out", str(tmp_path), "--size", "16",
+                             "--workers", "1", "--source", "sample"])
+    cohort, report = build_mimic_manifest(small_sample, source="sample")  # drops uncertain
+    assert sum(report.dropped.values()) > 0
+    spec = CacheSpec(image_size=16)
+    cache = build_image_cache(cohort, small_sample, tmp_path, spec, 1)
+    assert cache.directory == cli.directory and set(cohort["image_id"]) <= cache.row_of.keys()
+    assert [p.name for p in tmp_path.iterdir()] == [cli.directory.name]
+    other = build_image_cache(cohort, small_sample, tmp_path, CacheSpec(16, resize="squash"), 1)
+    assert other.directory != cli.directory
+
+
+def test_undecodable_images_are_recorded_excluded_and_counted(manifest, small_sample, tmp_path,
+                                                             caplog):
+    root = tmp_path / "copy"
+    shutil.copytree(small_sample, root)
+    manifest = manifest.copy()
+    corrupt, missing = manifest.iloc[3], manifest.iloc[6]
+    (root / corrupt["path"]).write_bytes(b"not a dicom file")
+    (root / missing["path"]).unlink()
+    png = cv2.imencode(".png", np.full((40, 30), 128, dtype=np.uint8))[1].tobytes()
+    (root / "files" / "truncated.png").write_bytes(png[: len(png) // 2])
+    manifest.loc[9, "path"] = "files/truncated.png"
+    truncated = manifest.iloc[9]
+    with caplog.at_level(logging.WARNING, logger=cache_module.__name__):
+        summary = build_shards(manifest, root, tmp_path / "cache", SPEC, 1)
+    assert (summary.images_built, summary.images_failed, summary.complete) == (12, 3, True)
+    assert "3 of 12 images could not be decoded" in caplog.text
+    cache = open_image_cache(tmp_path / "cache", SPEC)
+    failures = cache.skipped.set_index("image_id")
+    assert set(failures.index) == {corrupt["image_id"], missing["image_id"],
+                                   truncated["image_id"]}
+    assert failures.loc[truncated["image_id"], "path"] == "files/truncated.png"
+    for image_id, reason in failures["reason"].items():
+        assert "DecodeError" in reason and failures.loc[image_id, "path"] in reason
+    assert "truncated" in failures.loc[truncated["image_id"], "reason"]
+    assert len(cache.row_of) == 9 and corrupt["image_id"] not in cache.row_of
+
+
+def test_a_cache_built_with_other_parameters_is_never_reused(manifest, small_sample, tmp_path):
+    build_shards(manifest, small_sample, tmp_path / "c", SPEC, 1)
+    squash = CacheSpec(image_size=16, resize="squash", shard_size=4)
+    with pytest.raises(CacheSpecMismatchError, match=r'"pad".*"squash".*delete'):
+        open_image_cache(tmp_path / "c", squash)
+    with pytest.raises(CacheSpecMismatchError, match="image_list_hash"):
+        build_shards(manifest.iloc[1:], small_sample, tmp_path / "c", SPEC, 1)
+    assert cache_directory(manifest, tmp_path, SPEC) != cache_directory(manifest, tmp_path, squash)
+
+
+def test_build_image_cache_reuses_a_complete_cache(manifest, small_sample, tmp_path):
+    first = build_image_cache(manifest, small_sample, tmp_path, SPEC, 1)
+    stamps = {p.name: p.stat().st_mtime_ns for p in first.directory.iterdir()}
+    again = build_image_cache(manifest, small_sample, tmp_path, SPEC, 1)
+    assert {p.name: p.stat().st_mtime_ns for p in again.directory.iterdir()} == stamps
+    assert os.path.samefile(first.directory, again.directory)
+
+
+def test_images_pickle_as_paths_for_spawned_workers(manifest, small_sample, tmp_path):
+    cache = build_image_cache(manifest, small_sample, tmp_path, SPEC, 1)
+    cache.images[0]  # maps a shard
+    clone = pickle.loads(pickle.dumps(cache.images))
+    assert len(pickle.dumps(cache.images)) < 2000 and clone.shape == (12, 16, 16)
+    np.testing.assert_array_equal(clone[11], cache.images[11])
+    with pytest.raises(IndexError):
+        cache.images[12]
