@@ -32,6 +32,7 @@ from cxr_lightning.tracking import finish_tracking, log_job_summary, member_logg
 log = logging.getLogger(__name__)
 
 BN_CALIBRATION_BATCHES = 20
+PROJECT_CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
@@ -57,12 +58,12 @@ def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
     if is_random_init(cfg.model.weights) and resume_from is None:
         calibration = islice(datamodule.train_dataloader(), BN_CALIBRATION_BATCHES)
         model.backbone.to(trainer.strategy.root_device)
-        calibrate_batchnorm(model.backbone, (batch["image"] for batch in calibration))
+        calibrate_batchnorm(model.backbone, (datamodule.on_after_batch_transfer(batch, 0)["image"]
+                                             for batch in calibration))
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
     # read before predict(): loading the best checkpoint restores the callbacks' earlier state
     epochs, epoch_times_s = trainer.current_epoch, list(timer.epoch_times_s)
-    probabilities = trainer.predict(model, dataloaders=datamodule.test_dataloader(),
-                                    ckpt_path="best")
+    probabilities = trainer.predict(model, datamodule=datamodule, ckpt_path="best")
     return MemberResult(
         name=name,
         findings=member.findings,
@@ -97,7 +98,7 @@ def run_job(cfg: DictConfig) -> float:
     return sum(m.best_val_auroc_mean for m in members) / len(members)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(PROJECT_CONF_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
     """Hydra entry point (one job of a run or multirun)."""
     return run_job(cfg)

@@ -50,15 +50,16 @@ def test_cache_holds_the_resized_display_image(datamodule, small_sample):
 
 
 def test_batches_are_normalised_three_channel_tensors(datamodule):
-    batch = next(iter(datamodule.val_dataloader()))
+    loaded = next(iter(datamodule.val_dataloader()))
+    assert loaded["image"].dtype == torch.uint8  # collated and copied as uint8 ...
+    batch = datamodule.on_after_batch_transfer(loaded, 0)  # ... normalised on the device
     images, labels = batch["image"], batch["labels"]
     assert images.shape == (len(labels), 3, 48, 48) and images.dtype == torch.float32
-    grey = images * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) + torch.tensor(
-        IMAGENET_MEAN).view(1, 3, 1, 1)
-    torch.testing.assert_close(grey[:, 0], grey[:, 2], atol=1e-5, rtol=0)
     first = datamodule.split_manifest("val").iloc[0]
     cached = datamodule.cache.images[datamodule.cache.row_of[first["image_id"]]]
-    torch.testing.assert_close(grey[0, 0] * 255, torch.tensor(cached).float(), atol=1e-3, rtol=0)
+    for channel, (mean, std) in enumerate(zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)):
+        expected = (torch.tensor(np.asarray(cached), dtype=torch.float32) / 255 - mean) / std
+        torch.testing.assert_close(images[0, channel], expected, atol=1e-5, rtol=0)
     assert labels.shape[1] == 2 and set(labels.flatten().tolist()) <= {0.0, 1.0}
 
 
@@ -102,3 +103,17 @@ def test_undecodable_images_are_recorded_and_skipped(small_sample, tmp_path):
     assert broken["path"] in cache.skipped["path"].tolist()
     assert cache.skipped["reason"].str.len().min() > 0
     assert len(cache.row_of) == len(manifest) - 2
+
+
+@pytest.mark.realdata
+def test_nih_pngs_stream_through_the_same_datamodule(shared_data, tmp_path):
+    nih = shared_data / "nih_chestxray14_64px"
+    module = CXRDataModule(root=str(nih), source="nih", image_size=32, batch_size=16,
+                           num_workers=0, cache_dir=str(tmp_path), cache_workers=1,
+                           split="random_patient")
+    module.prepare_data()
+    assert len(module.manifest) == 483 and module.cohort_report.dropped["undecodable"] == 0
+    assert module.cohort_report.patients == 133
+    batch = module.on_after_batch_transfer(next(iter(module.train_dataloader())), 0)
+    assert batch["image"].shape == (16, 3, 32, 32) and torch.isfinite(batch["image"]).all()
+    assert batch["image"].std() > 0.1  # real pixels, not an empty canvas

@@ -74,6 +74,18 @@ OpenCV at quality 95. Reproduced here, bit for bit where the description is unam
 The final JPEG (quality 95) round trip is *not* reproduced: it is storage, not
 preprocessing; its error (about one grey level at full resolution) is averaged away by the
 downscale to the cache size, and reproducing it would only add noise.
+
+**Lookup table.** Steps 2-4 and the quantisation (and the MIMIC-CXR-JPG min-max step) are
+elementwise functions of the stored value, except for two image statistics: the percentile
+window and the MIMIC minimum/maximum. For 8/16-bit integer pixels in native byte order (the
+normal case), the same code is therefore run once on a table of every value the pixel dtype
+can hold (256 or 65,536 entries, in that dtype, so that pydicom and numpy see the same dtype
+as for the image), and the image is mapped through the table by one fancy index (the pixels
+viewed as unsigned, so signed values need no offset). The percentiles are then computed from
+the histogram of stored values (:func:`_percentiles`), equal to ``np.percentile`` of the
+modality-LUT output. The output is bit-identical to evaluating every pixel, which is still
+done for float or 32-bit pixel data and non-native byte order (rare; pydicom returns native
+8/16-bit arrays for the usual *Bits Allocated* 8 or 16).
 """
 
 from __future__ import annotations
@@ -135,10 +147,7 @@ def read_dicom_display(path: str | Path) -> np.ndarray:
 
 def read_dicom_display_with_info(path: str | Path) -> tuple[np.ndarray, DisplayInfo]:
     """Like :func:`read_dicom_display`, also returning the :class:`DisplayInfo` applied."""
-    values, info = _presentation_values(Path(path))
-    if info.photometric == "MONOCHROME1":
-        values = np.float32(1.0) - values
-    return values, info
+    return _display_with_info(Path(path), use_table=True)
 
 
 def read_dicom_uint8(path: str | Path, histogram_equalization: bool = False) -> np.ndarray:
@@ -148,24 +157,60 @@ def read_dicom_uint8(path: str | Path, histogram_equalization: bool = False) -> 
     rounding the inverted value by one only at exact .5 ties (see module doc). With
     ``histogram_equalization`` the MIMIC-CXR-JPG conversion is applied instead (module doc).
     """
+    return _uint8(Path(path), histogram_equalization, use_table=True)
+
+
+def _display_with_info(path: Path, use_table: bool) -> tuple[np.ndarray, DisplayInfo]:
+    """:func:`read_dicom_display_with_info`; ``use_table=False`` evaluates every pixel."""
+    levels, index, info = _presentation_values(path, use_table)
+    if info.photometric == "MONOCHROME1":
+        levels = np.float32(1.0) - levels
+    return _per_pixel(levels, index), info
+
+
+def _uint8(path: Path, histogram_equalization: bool, use_table: bool) -> np.ndarray:
+    """:func:`read_dicom_uint8`; ``use_table=False`` evaluates every pixel."""
     if histogram_equalization:
-        return _mimic_cxr_jpg_uint8(Path(path))
-    values, info = _presentation_values(Path(path))
-    quantised = np.rint(values * np.float32(255.0)).astype(np.uint8)
+        return _mimic_cxr_jpg_uint8(path, use_table)
+    levels, index, info = _presentation_values(path, use_table)
+    quantised = np.rint(levels * np.float32(255.0)).astype(np.uint8)
     if info.photometric == "MONOCHROME1":
         quantised = np.uint8(255) - quantised
-    return quantised
+    return _per_pixel(quantised, index)
 
 
-def _mimic_cxr_jpg_uint8(path: Path) -> np.ndarray:
+def _mimic_cxr_jpg_uint8(path: Path, use_table: bool) -> np.ndarray:
     """MIMIC-CXR-JPG's conversion: min-max to 8 bits (truncated), inversion, equalisation."""
     _, pixels, photometric = _decode(path)
-    shifted = pixels.astype(np.float64) - float(pixels.min())
-    peak = float(shifted.max())
+    stored, index = _stored_values(pixels, use_table)
+    low, high = pixels.min(), pixels.max()
+    # Table entries absent from the image are clipped, so that none leaves the uint8 range.
+    shifted = np.clip(stored, low, high).astype(np.float64) - float(low)
+    peak = float(high) - float(low)  # == shifted.max() over the image: x - low is monotone
     quantised = (shifted / peak * 255.0 if peak > 0 else shifted).astype(np.uint8)
     if photometric == "MONOCHROME1":
         quantised = np.uint8(255) - quantised
-    return cv2.equalizeHist(quantised)
+    return cv2.equalizeHist(_per_pixel(quantised, index))
+
+
+def _stored_values(pixels: np.ndarray, use_table: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The stored values to run the pipeline on, and each pixel's index into them.
+
+    With ``use_table`` and 8/16-bit integer pixels in native byte order: every value of the
+    pixel dtype (in that dtype, ordered as its unsigned view) and the pixels viewed as
+    unsigned, i.e. their positions in it. Otherwise: the pixels themselves and ``None``.
+    """
+    dtype = pixels.dtype
+    if not use_table or dtype.kind not in "iu" or dtype.itemsize > 2 or not dtype.isnative:
+        return pixels, None
+    unsigned = np.dtype(f"u{dtype.itemsize}")
+    every_value = np.arange(2 ** (8 * dtype.itemsize), dtype=unsigned).view(dtype)
+    return every_value, pixels.view(unsigned)
+
+
+def _per_pixel(values: np.ndarray, index: np.ndarray | None) -> np.ndarray:
+    """``values`` per pixel: looked up at ``index`` (see :func:`_stored_values`) if given."""
+    return values if index is None else values[index]
 
 
 def _decode(path: Path) -> tuple[Dataset, np.ndarray, str]:
@@ -181,15 +226,22 @@ def _decode(path: Path) -> tuple[Dataset, np.ndarray, str]:
     return ds, pixels, photometric
 
 
-def _presentation_values(path: Path) -> tuple[np.ndarray, DisplayInfo]:
-    """Steps 1-3 of the pipeline: float32 values in [0, 1] before the MONOCHROME1 flip."""
+def _presentation_values(
+    path: Path, use_table: bool
+) -> tuple[np.ndarray, np.ndarray | None, DisplayInfo]:
+    """Steps 1-3: float32 values in [0, 1] before the MONOCHROME1 flip, and their index.
+
+    The values are per pixel (index ``None``), or per stored value with each pixel's index
+    into them (see :func:`_stored_values`).
+    """
     ds, pixels, photometric = _decode(path)
+    stored, index = _stored_values(pixels, use_table)
     try:
-        modality = apply_modality_lut(pixels, ds)
+        modality = apply_modality_lut(stored, ds)
     except Exception as exc:
         raise DicomDecodeError(f"{path}: cannot apply the modality LUT: {exc}") from exc
 
-    values, source, window, function = _apply_voi(modality, ds, path)
+    values, source, window, function = _apply_voi(modality, index, ds, path)
     info = DisplayInfo(
         photometric=photometric,
         voi_source=source,
@@ -198,7 +250,7 @@ def _presentation_values(path: Path) -> tuple[np.ndarray, DisplayInfo]:
         transfer_syntax=str(getattr(ds.file_meta, "TransferSyntaxUID", "")),
     )
     log.debug("%s: %s", path, info)
-    return np.clip(values, 0.0, 1.0).astype(np.float32), info
+    return np.clip(values, 0.0, 1.0).astype(np.float32), index, info
 
 
 def _read_dataset(path: Path) -> Dataset:
@@ -227,9 +279,12 @@ def _check_single_grey_frame(ds: Dataset, path: Path) -> str:
 
 
 def _apply_voi(
-    modality: np.ndarray, ds: Dataset, path: Path
+    modality: np.ndarray, index: np.ndarray | None, ds: Dataset, path: Path
 ) -> tuple[np.ndarray, VoiSource, tuple[float, float] | None, str | None]:
-    """Step 3: VOI LUT, else window, else percentile window; values in [0, 1] (float64)."""
+    """Step 3: VOI LUT, else window, else percentile window; values in [0, 1] (float64).
+
+    ``index``: see :func:`_percentiles`.
+    """
     lut_items = ds.get("VOILUTSequence")
     if lut_items and None not in (
         lut_items[0].get("LUTDescriptor"),
@@ -258,7 +313,7 @@ def _apply_voi(
                 return (windowed - y_min) / (y_max - y_min), "window", window, function
             log.warning("%s: window output range is empty; using the percentile window", path)
 
-    values, window = _percentile_window(modality)
+    values, window = _percentile_window(modality, index)
     return values, "percentile", window, None
 
 
@@ -287,13 +342,52 @@ def _first_value(ds: Dataset, keyword: str) -> float:
     return float(element.value[0] if element.VM > 1 else element.value)
 
 
-def _percentile_window(modality: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
-    """Map the PERCENTILE_WINDOW range of ``modality`` linearly onto [0, 1] (clipped)."""
-    lo, hi = (float(v) for v in np.percentile(modality, PERCENTILE_WINDOW))
+def _percentile_window(
+    modality: np.ndarray, index: np.ndarray | None
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """Map the PERCENTILE_WINDOW range of the image linearly onto [0, 1] (clipped).
+
+    Falls back to the full (min, max) range if that window is empty; ``index``: see
+    :func:`_percentiles`.
+    """
+    lo, hi, low, high = _percentiles(modality, index, (*PERCENTILE_WINDOW, 0.0, 100.0))
     if hi <= lo:
-        lo, hi = float(modality.min()), float(modality.max())
+        lo, hi = low, high
     window = ((lo + hi) / 2.0, hi - lo)
     if hi <= lo:
         return np.zeros(modality.shape, dtype=np.float64), window
     scaled = (modality.astype(np.float64) - lo) / (hi - lo)
     return np.clip(scaled, 0.0, 1.0), window
+
+
+def _percentiles(
+    values: np.ndarray, index: np.ndarray | None, q: tuple[float, ...]
+) -> list[float]:
+    """``np.percentile`` (linear) of the image's ``values``, bit for bit.
+
+    Without ``index`` the values are per pixel. With it, ``values`` holds one entry per stored
+    value and ``index`` each pixel's entry (see :func:`_stored_values`): the order statistics
+    are read from the histogram of ``index`` and interpolated exactly as numpy's ``_lerp``
+    does (in the values' dtype for the difference, as numpy takes them from the array).
+    """
+    if index is None:
+        return [float(v) for v in np.percentile(values, q)]
+    if index.size < 2**24:  # float32 counts are exact; cv2.calcHist is ~8x np.bincount
+        counts = cv2.calcHist([index], [0], None, [values.size], [0, values.size])
+        counts = counts.ravel().astype(np.int64)
+    else:
+        counts = np.bincount(index.ravel(), minlength=values.size)
+    present = values[counts > 0]
+    order = np.argsort(present, kind="stable")
+    ordered = present[order]
+    cumulative = np.cumsum(counts[counts > 0][order])
+    last = int(cumulative[-1]) - 1
+    virtual = last * (np.asarray(q, dtype=np.float64) / 100)
+    below = np.floor(virtual)
+    gamma = virtual - below
+    rank = below.astype(np.intp)
+    a, b = (ordered[np.searchsorted(cumulative, r, side="right")]
+            for r in (rank, np.minimum(rank + 1, last)))
+    difference = b - a
+    interpolated = np.where(gamma >= 0.5, b - difference * (1 - gamma), a + difference * gamma)
+    return [float(v) for v in interpolated]

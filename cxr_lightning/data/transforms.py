@@ -1,9 +1,8 @@
-"""albumentations pipelines: light augmentation for training, ImageNet normalisation for all."""
+"""albumentations pipelines for training, and the ImageNet normalisation of every batch."""
 
 from __future__ import annotations
 
 import albumentations as A  # noqa: N812
-import numpy as np
 import torch
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -22,9 +21,10 @@ def training_augmentation() -> A.Compose:
     ])
 
 
-def to_network_input(image: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W) grey -> float (3, H, W): grey replicated to 3 channels, ImageNet-normalised."""
-    grey = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (grey.unsqueeze(0).expand(3, -1, -1) - mean) / std
+def normalise_batch(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W) grey -> float (B, 3, H, W): grey replicated to 3 channels, then
+    ImageNet-normalised, ``(x / 255 - mean) / std``, on whatever device ``images`` is on."""
+    grey = images.unsqueeze(1).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (grey - mean) / std
