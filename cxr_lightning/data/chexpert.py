@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_lightning.data.cohort import CohortOptions, apply_label_policy
+from cxr_lightning.data.cohort import LABEL_COLUMNS, CohortOptions, apply_label_policy
 from cxr_lightning.data.manifest import (
     MANIFEST_COLUMNS,
     CohortReport,
@@ -44,7 +44,6 @@ from cxr_lightning.data.manifest import (
 
 log = logging.getLogger(__name__)
 
-LABEL_COLUMNS: dict[str, str] = {"edema": "Edema", "effusion": "Pleural Effusion"}
 CSV_SPLITS: dict[str, str] = {"train.csv": "train", "valid.csv": "test"}
 VAL_FRACTION_OF_TRAIN = 0.1
 STUDIES_PER_PATIENT = 1000

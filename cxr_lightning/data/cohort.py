@@ -42,6 +42,8 @@ from cxr_lightning.findings import FINDINGS
 log = logging.getLogger(__name__)
 
 LABELERS: tuple[str, ...] = ("chexpert", "negbio")
+LABEL_COLUMNS: dict[str, str] = {"edema": "Edema", "effusion": "Pleural Effusion"}
+"""Finding -> its column in CheXpert-labeler tables (MIMIC-CXR's and CheXpert's CSVs)."""
 SPLIT_METHODS: tuple[str, ...] = ("official", "random_patient")
 LABEL_POLICIES: tuple[str, ...] = ("drop", "zeros", "ones", "mask")
 RELABEL: dict[str, tuple[float, float]] = {

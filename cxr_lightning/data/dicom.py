@@ -77,15 +77,15 @@ downscale to the cache size, and reproducing it would only add noise.
 
 **Lookup table.** Steps 2-4 and the quantisation (and the MIMIC-CXR-JPG min-max step) are
 elementwise functions of the stored value, except for two image statistics: the percentile
-window and the MIMIC minimum/maximum. For 8/16-bit integer pixels in native byte order (the
-normal case), the same code is therefore run once on a table of every value the pixel dtype
-can hold (256 or 65,536 entries, in that dtype, so that pydicom and numpy see the same dtype
-as for the image), and the image is mapped through the table by one fancy index (the pixels
-viewed as unsigned, so signed values need no offset). The percentiles are then computed from
-the histogram of stored values (:func:`_percentiles`), equal to ``np.percentile`` of the
+window and the MIMIC minimum/maximum. For 8/16-bit integer pixels (the normal case), the
+same code is therefore run once on a table of every value the pixel dtype can hold (256 or
+65,536 entries, in that dtype, so that pydicom and numpy see the same dtype as for the
+image), and the image is mapped through the table by one fancy index (the pixels viewed as
+unsigned, so signed values need no offset). The percentiles are then computed from the
+histogram of stored values (:func:`_percentiles`), equal to ``np.percentile`` of the
 modality-LUT output. The output is bit-identical to evaluating every pixel, which is still
-done for float or 32-bit pixel data and non-native byte order (rare; pydicom returns native
-8/16-bit arrays for the usual *Bits Allocated* 8 or 16).
+done for float or 32-bit pixel data (rare: pydicom returns 8/16-bit integer arrays for the
+usual *Bits Allocated* 8 or 16; big-endian ones are first converted to native order).
 """
 
 from __future__ import annotations
@@ -105,6 +105,10 @@ log = logging.getLogger(__name__)
 
 #: Percentiles of the modality-LUT output used as the window when a file has no VOI data.
 PERCENTILE_WINDOW: tuple[float, float] = (0.5, 99.5)
+
+#: Images with fewer pixels are histogrammed by ``cv2.calcHist`` (about 8x faster than
+#: ``np.bincount``), whose float32 counts are exact below 2**24.
+_CALCHIST_MAX_PIXELS = 2**24
 
 VoiSource = Literal["voi_lut", "window", "percentile"]
 
@@ -196,16 +200,16 @@ def _mimic_cxr_jpg_uint8(path: Path, use_table: bool) -> np.ndarray:
 def _stored_values(pixels: np.ndarray, use_table: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """The stored values to run the pipeline on, and each pixel's index into them.
 
-    With ``use_table`` and 8/16-bit integer pixels in native byte order: every value of the
-    pixel dtype (in that dtype, ordered as its unsigned view) and the pixels viewed as
+    With ``use_table`` and 8/16-bit integer pixels: every value of the pixel dtype (in that
+    dtype, native byte order, ordered as its unsigned view) and the pixels viewed as
     unsigned, i.e. their positions in it. Otherwise: the pixels themselves and ``None``.
     """
-    dtype = pixels.dtype
-    if not use_table or dtype.kind not in "iu" or dtype.itemsize > 2 or not dtype.isnative:
+    dtype = pixels.dtype.newbyteorder("=")
+    if not use_table or dtype.kind not in "iu" or dtype.itemsize > 2:
         return pixels, None
     unsigned = np.dtype(f"u{dtype.itemsize}")
     every_value = np.arange(2 ** (8 * dtype.itemsize), dtype=unsigned).view(dtype)
-    return every_value, pixels.view(unsigned)
+    return every_value, pixels.astype(dtype, copy=False).view(unsigned)
 
 
 def _per_pixel(values: np.ndarray, index: np.ndarray | None) -> np.ndarray:
@@ -372,7 +376,7 @@ def _percentiles(
     """
     if index is None:
         return [float(v) for v in np.percentile(values, q)]
-    if index.size < 2**24:  # float32 counts are exact; cv2.calcHist is ~8x np.bincount
+    if index.size < _CALCHIST_MAX_PIXELS:
         counts = cv2.calcHist([index], [0], None, [values.size], [0, values.size])
         counts = counts.ravel().astype(np.int64)
     else:

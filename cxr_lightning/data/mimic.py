@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr_lightning.data.cohort import CohortOptions, apply_label_policy
+from cxr_lightning.data.cohort import LABEL_COLUMNS, CohortOptions, apply_label_policy
 from cxr_lightning.data.manifest import (
     MANIFEST_COLUMNS,
     CohortReport,
@@ -25,7 +25,6 @@ from cxr_lightning.data.manifest import (
 
 log = logging.getLogger(__name__)
 
-LABEL_COLUMNS: dict[str, str] = {"edema": "Edema", "effusion": "Pleural Effusion"}
 SPLIT_NAMES: dict[str, str] = {"train": "train", "validate": "val", "test": "test"}
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxr_lightning.data.cohort import SPLIT_METHODS
 from cxr_lightning.data.manifest import (
     MANIFEST_COLUMNS,
     CohortReport,
@@ -40,7 +41,6 @@ from cxr_lightning.data.manifest import (
 log = logging.getLogger(__name__)
 
 LABEL_TOKENS: dict[str, str] = {"edema": "Edema", "effusion": "Effusion"}
-SPLIT_POLICIES: tuple[str, ...] = ("official", "random_patient")
 SPLIT_LISTS: dict[str, str] = {"train_val_list.txt": "train_val", "test_list.txt": "test"}
 VAL_FRACTION_OF_TRAIN_VAL = 1 / 8
 STUDIES_PER_PATIENT = 1000
@@ -109,8 +109,8 @@ def build_nih_manifest(
     this order, each image counted once in ``report.dropped`` (all keys always present):
     ``view_not_selected``, ``image_file_missing``, ``not_in_split_lists``.
     """
-    if split not in SPLIT_POLICIES:
-        raise ValueError(f"data.split={split!r}: expected one of {SPLIT_POLICIES}")
+    if split not in SPLIT_METHODS:
+        raise ValueError(f"data.split={split!r}: expected one of {SPLIT_METHODS}")
     root = Path(root)
     images = pd.read_csv(nih_label_csv(root), usecols=[
         "Image Index", "Finding Labels", "Follow-up #", "Patient ID", "View Position"])
