@@ -19,7 +19,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cxr_lightning.data.cache import CacheSpec, ImageCache, build_image_cache
-from cxr_lightning.data.manifest import CohortReport, cohort_table
+from cxr_lightning.data.cohort import cohort_summary
+from cxr_lightning.data.manifest import CohortReport
 from cxr_lightning.data.sample import generate_sample, is_complete_sample
 from cxr_lightning.data.sources import build_manifest
 from cxr_lightning.data.transforms import normalise_batch, training_augmentation
@@ -123,8 +124,8 @@ class CXRDataModule(pl.LightningDataModule):
         self.cohort_report.dropped["undecodable"] = int((~decoded).sum())
         self.manifest = manifest[decoded].reset_index(drop=True)
         self.cohort_report.record_cohort(self.manifest)
-        log.info("Cohort (images per (edema,effusion) and split):\n%s",
-                 cohort_table(self.manifest).to_string())
+        log.info("Cohort of %s (%s):\n%s", self.root, self.source,
+                 cohort_summary(self.manifest, self.cohort_report).to_string())
 
     def split_manifest(self, split: str) -> pd.DataFrame:
         """The manifest rows of one split (train / val / test)."""
