@@ -28,6 +28,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from cxr_lightning.data import dicom
 from cxr_lightning.data.dicom import (
     DicomDecodeError,
     DisplayInfo,
@@ -607,3 +608,135 @@ def test_equalised_mode_rg1_chest():
 def test_dicom_error_is_an_image_error():
     assert issubclass(DicomDecodeError, ImageDecodeError)
     assert issubclass(ImageDecodeError, ValueError)
+
+
+# --------------------------------------- lookup table (fast path) vs per-pixel reference
+
+
+def _voi_lut_item(depth: int, first_map: int = 300, entries: int = 3000) -> Dataset:
+    item = Dataset()
+    item.add_new(0x00283002, "US", [entries, first_map, depth])  # LUT Descriptor
+    lut = np.round((2**depth - 1) * np.sqrt(np.linspace(0, 1, entries))).astype(np.int64)
+    item.add_new(0x00283006, "US", lut.tolist())  # LUT Data
+    return item
+
+
+def _modality_lut_item() -> Dataset:
+    """A non-monotone 16-bit Modality LUT: the sorted order of its output is not the stored's."""
+    item = Dataset()
+    item.add_new(0x00283002, "US", [4096, 0, 16])
+    item.add_new(0x00283006, "US", ((np.arange(4096) * 7919) % 65536).tolist())
+    return item
+
+
+def _signed(rng: np.random.Generator, low: int, high: int, shape=(37, 53)) -> np.ndarray:
+    return rng.integers(low, high, size=shape).astype(np.int16)
+
+
+def _table_cases() -> dict[str, tuple[np.ndarray, dict[str, object]]]:
+    """Synthetic (stored values, dataset options) covering every VOI source and pixel kind.
+
+    The odd 37 x 53 shape makes both percentile interpolation branches (gamma < and >= 0.5)
+    occur; the signed 16-bit 'wrap' image has adjacent order statistics 60,000 apart.
+    """
+    rng = np.random.default_rng(20)
+    window = {"WindowCenter": 600, "WindowWidth": 1001}
+    rescale = {"RescaleSlope": 2, "RescaleIntercept": -1024}
+    wrap = np.where(rng.random((37, 53)) < 0.5, -30000, 30000).astype(np.int16)
+    return {
+        "mono2_window": (_pixels(rng), {**rescale, **window}),
+        "mono1_window": (_pixels(rng), {**rescale, **window, "photometric": "MONOCHROME1"}),
+        "linear_exact": (_pixels(rng), {**window, "VOILUTFunction": "LINEAR_EXACT"}),
+        "sigmoid": (_pixels(rng), {**window, "VOILUTFunction": "SIGMOID"}),
+        "fractional_rescale": (_pixels(rng), {"RescaleSlope": 0.37, "RescaleIntercept": -3.25,
+                                              **window}),
+        "voi_lut_8": (_pixels(rng), {"RescaleSlope": 1, "RescaleIntercept": -100,
+                                     "VOILUTSequence": [_voi_lut_item(8)]}),
+        "voi_lut_16_mono1": (_pixels(rng), {"VOILUTSequence": [_voi_lut_item(16)],
+                                            "photometric": "MONOCHROME1"}),
+        "signed12_window": (_signed(rng, -2048, 2048),
+                            {"bits_stored": 12, "WindowCenter": -100, "WindowWidth": 2500}),
+        "signed16_window": (_signed(rng, -32768, 32768),
+                            {"bits_stored": 16, "WindowCenter": 0, "WindowWidth": 40000}),
+        "percentile": (_pixels(rng, (37, 53)), {}),
+        "percentile_mono1": (_pixels(rng, (37, 53)), {"photometric": "MONOCHROME1"}),
+        "percentile_negative_slope": (_pixels(rng, (37, 53)),
+                                      {"RescaleSlope": -1.5, "RescaleIntercept": 7}),
+        "percentile_modality_lut": (_pixels(rng, (37, 53)),
+                                    {"ModalityLUTSequence": [_modality_lut_item()]}),
+        "percentile_signed16": (_signed(rng, -32768, 32768), {"bits_stored": 16}),
+        "percentile_signed16_wrap": (wrap, {"bits_stored": 16}),
+        "percentile_empty_window": (np.where(rng.random((40, 50)) < 0.998, 5, 900)
+                                    .astype(np.uint16), {}),
+        "constant": (np.full((8, 8), 7, np.uint16), {}),
+        "bad_window": (_pixels(rng, (37, 53)), {"WindowCenter": 100, "WindowWidth": 0}),
+    }
+
+
+def _assert_table_matches_reference(path: Path) -> None:
+    """Lookup-table outputs (display, info, uint8, equalised) equal per-pixel ones exactly."""
+    fast, fast_info = dicom._display_with_info(path, use_table=True)
+    slow, slow_info = dicom._display_with_info(path, use_table=False)
+    assert fast_info == slow_info
+    assert fast.dtype == slow.dtype == np.float32
+    np.testing.assert_array_equal(fast, slow)
+    for equalise in (False, True):
+        fast_u8 = dicom._uint8(path, equalise, use_table=True)
+        slow_u8 = dicom._uint8(path, equalise, use_table=False)
+        assert fast_u8.dtype == slow_u8.dtype == np.uint8
+        np.testing.assert_array_equal(fast_u8, slow_u8)
+
+
+@pytest.mark.parametrize("case", list(_table_cases()))
+def test_table_matches_per_pixel_reference(tmp_path, case):
+    stored, options = _table_cases()[case]
+    signed = stored.dtype.kind == "i"
+    ds = _dataset(stored.view(np.uint16) if signed else stored, signed=signed, **options)
+    path = _save(ds, tmp_path / f"{case}.dcm")
+    assert dicom._stored_values(dcmread(path).pixel_array, use_table=True)[1] is not None
+    _assert_table_matches_reference(path)
+
+
+def test_table_matches_reference_8bit_pixels(tmp_path):
+    stored = np.random.default_rng(21).integers(0, 256, size=(37, 53)).astype(np.uint16)
+    for name, options in (("w", {"WindowCenter": 100, "WindowWidth": 60}), ("p", {})):
+        ds = _dataset(stored, bits_stored=8, **options)
+        ds.BitsAllocated = 8
+        ds.PixelData = stored.astype(np.uint8).tobytes()
+        path = _save(ds, tmp_path / f"{name}.dcm")
+        assert dcmread(path).pixel_array.dtype == np.uint8
+        _assert_table_matches_reference(path)
+
+
+@pytest.mark.parametrize("name", ["RG1_UNCR.dcm", "RG1_UNCI.dcm", "RG1_J2KR.dcm",
+                                  "MR_small.dcm", "MR_small_bigendian.dcm", "CT_small.dcm",
+                                  "693_UNCR.dcm", "MR2_UNCR.dcm", "JPGExtended.dcm"])
+def test_table_matches_reference_on_real_files(name):
+    _assert_table_matches_reference(_testdata(name))
+
+
+@pytest.mark.parametrize("bincount", [False, True])
+def test_histogram_percentiles_equal_numpy(monkeypatch, bincount):
+    """_percentiles from a histogram of stored values == np.percentile of the image's values."""
+    if bincount:  # the path for images of 2**24 pixels or more
+        monkeypatch.setattr(dicom, "_CALCHIST_MAX_PIXELS", 0)
+    rng = np.random.default_rng(22)
+    every16 = np.arange(65536, dtype=np.uint16)
+    tables = {  # per stored value, as the modality LUT leaves them
+        "uint16": every16,
+        "int16": every16.view(np.int16),
+        "uint8": np.arange(256, dtype=np.uint8),
+        "float64": every16 * -0.37 + 11.0,
+        "lut": ((every16.astype(np.int64) * 7919) % 65536).astype(np.uint16),
+    }
+    q = (*dicom.PERCENTILE_WINDOW, 0.0, 100.0, 49.75, 12.3456, 87.5, 99.99)
+    for name, table in tables.items():
+        for size in (1, 2, 3, 7, 200, 201, 1961, 10_007):
+            unsigned = np.uint8 if table.size == 256 else np.uint16
+            index = rng.integers(0, table.size, size=size).astype(unsigned)
+            if name == "int16" and size == 201:  # adjacent order statistics 60,000 apart
+                index = np.where(np.arange(size) < 100, 35536, 30000).astype(np.uint16)
+            index = index.reshape(1, -1)
+            expected = np.percentile(table[index], q)
+            actual = dicom._percentiles(table, index, q)
+            np.testing.assert_array_equal(actual, expected, err_msg=f"{name}, {size} pixels")

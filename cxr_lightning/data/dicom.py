@@ -354,9 +354,9 @@ def _percentile_window(
     Falls back to the full (min, max) range if that window is empty; ``index``: see
     :func:`_percentiles`.
     """
-    lo, hi, low, high = _percentiles(modality, index, (*PERCENTILE_WINDOW, 0.0, 100.0))
+    lo, hi, lowest, highest = _percentiles(modality, index, (*PERCENTILE_WINDOW, 0.0, 100.0))
     if hi <= lo:
-        lo, hi = low, high
+        lo, hi = lowest, highest
     window = ((lo + hi) / 2.0, hi - lo)
     if hi <= lo:
         return np.zeros(modality.shape, dtype=np.float64), window
