@@ -4,6 +4,7 @@ The cache's own format (shards, resume, failures) is tested in test_cache.py.
 """
 
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from cxr_lightning.data import cache as cache_module
 from cxr_lightning.data.cache import CacheSpec, build_image_cache, cache_directory
 from cxr_lightning.data.datamodule import CXRDataModule
+from cxr_lightning.data.dicom import read_dicom_uint8
 from cxr_lightning.data.mimic import build_mimic_manifest
 from cxr_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -117,3 +119,33 @@ def test_nih_pngs_stream_through_the_same_datamodule(shared_data, tmp_path):
     batch = module.on_after_batch_transfer(next(iter(module.train_dataloader())), 0)
     assert batch["image"].shape == (16, 3, 32, 32) and torch.isfinite(batch["image"]).all()
     assert batch["image"].std() > 0.1  # real pixels, not an empty canvas
+
+
+def test_jpg_tree_matches_equalised_dicoms(small_sample, tmp_path):
+    """MIMIC-CXR-JPG input (data=mimic_cxr_jpg) and DICOM input with histogram_equalization=true
+    give comparable training images: the JPG tree is made here the way MIMIC-CXR-JPG was."""
+    jpg_root = tmp_path / "jpg"
+    manifest, _ = build_mimic_manifest(small_sample, source="sample")
+    jpg_root.mkdir()
+    for name in ("chexpert", "metadata", "split"):
+        shutil.copy(small_sample / f"mimic-cxr-2.0.0-{name}.csv.gz", jpg_root)
+    for path in manifest["path"]:
+        target = jpg_root / Path(path).with_suffix(".jpg")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        equalised = read_dicom_uint8(small_sample / path, histogram_equalization=True)
+        cv2.imwrite(str(target), equalised, [cv2.IMWRITE_JPEG_QUALITY, 95])
+
+    def cached(root, source, equalise):
+        module = CXRDataModule(root=str(root), source=source, image_size=48, num_workers=0,
+                               cache_dir=str(tmp_path / source), cache_workers=1,
+                               histogram_equalization=equalise)
+        module.prepare_data()
+        return module
+
+    from_dicom, from_jpg = cached(small_sample, "sample", True), cached(jpg_root, "mimic_cxr_jpg",
+                                                                        False)
+    assert len(from_jpg.manifest) == len(from_dicom.manifest) == len(manifest)
+    for image_id in manifest["image_id"].iloc[:20]:
+        difference = (from_dicom.cache.get(image_id).astype(int)
+                      - from_jpg.cache.get(image_id).astype(int))
+        assert np.abs(difference).mean() < 2  # JPEG quality 95, averaged by the downscale
