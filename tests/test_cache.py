@@ -26,6 +26,7 @@ from cxr_lightning.data.cache import (
     open_image_cache,
     resize_square,
 )
+from cxr_lightning.data.datamodule import CXRDataModule
 from cxr_lightning.data.mimic import build_mimic_manifest
 
 SPEC = CacheSpec(image_size=16, shard_size=4)
@@ -210,3 +211,36 @@ def test_images_pickle_as_paths_for_spawned_workers(manifest, small_sample, tmp_
     np.testing.assert_array_equal(clone[11], cache.images[11])
     with pytest.raises(IndexError):
         cache.images[12]
+
+
+def test_a_cache_in_object_storage_streams_shard_by_shard(small_sample, tmp_path):
+    """fsspec's in-memory filesystem stands in for s3:// or gs:// (same code path)."""
+    fsspec = pytest.importorskip("fsspec")
+    local = CXRDataModule(root=str(small_sample), source="sample", image_size=32, num_workers=0,
+                          cache_dir=str(tmp_path / "local"), cache_workers=1)
+    local.prepare_data()
+    bucket = fsspec.filesystem("memory")
+    url = f"memory://bucket/{local.cache.directory.name}"
+    for file in local.cache.directory.iterdir():
+        if not file.name.startswith("."):
+            bucket.pipe(f"{url}/{file.name}", file.read_bytes())
+    remote = CXRDataModule(root=str(small_sample), source="sample", image_size=32,
+                           num_workers=0, cache_dir=str(tmp_path / "node"), cache_url=url)
+    remote.prepare_data()
+
+    def fetched_shards() -> list[Path]:
+        return [p for p in (tmp_path / "node").rglob("*") if p.is_file()
+                and p.stat().st_size > 10_000]
+
+    assert fetched_shards() == []  # opening reads the index only
+    for image_id in local.manifest["image_id"].iloc[:5]:
+        assert np.array_equal(remote.cache.get(image_id), local.cache.get(image_id))
+    assert len(fetched_shards()) == 1  # the one shard, copied on first read
+    with pytest.raises(CacheSpecMismatchError):
+        open_image_cache(url, CacheSpec(image_size=48), tmp_path / "other")
+    bucket.rm(f"{url}/shard-00000.npy")
+    bucket.rm(f"{url}/shard-00000.index.csv")
+    bucket.pipe(f"{url}/shard-00000.index.csv", b"image_id\nnot-this-cohort\n")
+    with pytest.raises(ValueError, match="lacks"):
+        CXRDataModule(root=str(small_sample), source="sample", image_size=32, num_workers=0,
+                      cache_dir=str(tmp_path / "node2"), cache_url=url).prepare_data()

@@ -45,6 +45,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import cv2
+import fsspec
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
@@ -99,10 +100,12 @@ class ShardedImages:
     map the shards themselves.
     """
 
-    def __init__(self, paths: list[Path], shard_size: int, image_size: int, length: int) -> None:
+    def __init__(self, paths: list[str], shard_size: int, image_size: int, length: int,
+                 local_copies: str | None = None) -> None:
         self.paths = paths
         self.shard_size = shard_size
         self.shape = (length, image_size, image_size)
+        self.local_copies = local_copies
         self._maps: list[np.ndarray | None] = [None] * len(paths)
 
     def __len__(self) -> int:
@@ -114,8 +117,16 @@ class ShardedImages:
         shard, row = divmod(int(index), self.shard_size)
         images = self._maps[shard]
         if images is None:
-            images = self._maps[shard] = np.load(self.paths[shard], mmap_mode="r")
+            images = self._maps[shard] = np.load(self._local_path(shard), mmap_mode="r")
         return images[row]
+
+    def _local_path(self, shard: int) -> str:
+        """A local file of the shard: itself, or for a URL a copy fetched on first use."""
+        path = self.paths[shard]
+        if not is_url(path):
+            return path
+        return fsspec.open_local(f"filecache::{path}",
+                                 filecache={"cache_storage": self.local_copies})
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_maps": [None] * len(self.paths)}
@@ -125,7 +136,7 @@ class ShardedImages:
 class ImageCache:
     """A complete cache: ``images[row_of[image_id]]`` is an image; failed images are absent."""
 
-    directory: Path
+    directory: Path | str
     images: ShardedImages
     row_of: dict[str, int]
     skipped: pd.DataFrame = field(repr=False)
@@ -294,15 +305,29 @@ def build_shards(
     return summary
 
 
-def open_image_cache(directory: str | Path, spec: CacheSpec) -> ImageCache:
+def is_url(location: str | Path) -> bool:
+    """Whether a cache location is an fsspec URL (``s3://``, ``gs://``, ``memory://`` ...)."""
+    return "://" in str(location)
+
+
+def open_image_cache(location: str | Path, spec: CacheSpec,
+                     local_copies: str | Path | None = None) -> ImageCache:
     """Open a complete cache built with ``spec``; its shards are memory-mapped read-only.
 
-    Raises :class:`CacheSpecMismatchError` when the directory was built with other parameters,
-    and ``FileNotFoundError`` when it is incomplete.
+    ``location`` is a directory or the URL of one in object storage (any fsspec protocol whose
+    package is installed, e.g. ``s3://bucket/cache/mimic_cxr-512px-...`` with s3fs): its index
+    is read at once and each shard is copied into ``local_copies`` the first time an image of it
+    is read, then memory-mapped. Raises :class:`CacheSpecMismatchError` when the cache was built
+    with other parameters, and ``FileNotFoundError`` when it is incomplete.
     """
-    directory = Path(directory)
+    if is_url(location):
+        if local_copies is None:
+            raise ValueError(f"opening {location} needs a local directory for its shards")
+        directory, local = str(location).rstrip("/"), str(local_copies)
+    else:
+        directory, local = Path(location), None
     record = _check_spec(directory, {"spec": asdict(spec)})
-    if not (directory / COMPLETE_MARKER).is_file():
+    if not _exists(_member(directory, COMPLETE_MARKER)):
         raise FileNotFoundError(f"image cache {directory} is incomplete (no {COMPLETE_MARKER}): "
                                 "run the build again, it resumes with the missing shards")
     n_shards = record["n_shards"]
@@ -314,9 +339,28 @@ def open_image_cache(directory: str | Path, spec: CacheSpec) -> ImageCache:
     all_ids = pd.concat(ids, ignore_index=True)["image_id"]
     failed = set(skipped["image_id"])
     row_of = {image_id: row for row, image_id in enumerate(all_ids) if image_id not in failed}
-    paths = [_shard_path(directory, k) for k in range(n_shards)]
-    images = ShardedImages(paths, spec.shard_size, spec.image_size, len(all_ids))
+    paths = [str(_shard_path(directory, k)) for k in range(n_shards)]
+    images = ShardedImages(paths, spec.shard_size, spec.image_size, len(all_ids), local)
     return ImageCache(directory, images, row_of, skipped)
+
+
+def _member(directory: str | Path, name: str) -> str | Path:
+    """``directory/name`` for a local directory (a Path) or a URL (a string)."""
+    return f"{directory}/{name}" if isinstance(directory, str) else directory / name
+
+
+def _exists(location: str | Path) -> bool:
+    if isinstance(location, Path):
+        return location.is_file()
+    filesystem, path = fsspec.core.url_to_fs(location)
+    return filesystem.isfile(path)
+
+
+def _read_text(location: str | Path) -> str:
+    if isinstance(location, Path):
+        return location.read_text()
+    with fsspec.open(location, "rt") as handle:
+        return handle.read()
 
 
 def _spec_record(spec: CacheSpec, ordered: pd.DataFrame) -> dict:
@@ -325,12 +369,12 @@ def _spec_record(spec: CacheSpec, ordered: pd.DataFrame) -> dict:
             "n_shards": -(-n // spec.shard_size)}
 
 
-def _check_spec(directory: Path, expected: dict) -> dict:
+def _check_spec(directory: str | Path, expected: dict) -> dict:
     """The stored spec record; an error naming both specs unless ``expected``'s keys match."""
-    path = directory / "spec.json"
-    if not path.is_file():
+    path = _member(directory, "spec.json")
+    if not _exists(path):
         raise FileNotFoundError(f"{directory} is not an image cache (no spec.json)")
-    stored = json.loads(path.read_text())
+    stored = json.loads(_read_text(path))
     differing = {key for key in expected if stored.get(key) != expected[key]}
     if differing:
         raise CacheSpecMismatchError(
@@ -344,8 +388,8 @@ def _describe(record: dict, keys: set[str]) -> str:
     return json.dumps({key: record.get(key) for key in sorted(keys)}, sort_keys=True)
 
 
-def _shard_path(directory: Path, shard: int, suffix: str = ".npy") -> Path:
-    return directory / f"shard-{shard:05d}{suffix}"
+def _shard_path(directory: str | Path, shard: int, suffix: str = ".npy") -> str | Path:
+    return _member(directory, f"shard-{shard:05d}{suffix}")
 
 
 @contextmanager

@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cxr_lightning.data.cache import CacheSpec, ImageCache, build_image_cache
+from cxr_lightning.data.cache import CacheSpec, ImageCache, build_image_cache, open_image_cache
 from cxr_lightning.data.cohort import cohort_summary
 from cxr_lightning.data.manifest import CohortReport
 from cxr_lightning.data.sample import generate_sample, is_complete_sample
@@ -78,6 +78,7 @@ class CXRDataModule(pl.LightningDataModule):
         views: Sequence[str] | None = None,
         split: str = "official",
         split_seed: int = 0,
+        cache_url: str | None = None,
         sample: dict | None = None,
     ) -> None:
         super().__init__()
@@ -94,6 +95,7 @@ class CXRDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.cache_dir = Path(cache_dir)
         self.cache_workers = cache_workers
+        self.cache_url = cache_url
         self.augment = augment
         self.sample = sample
         self.manifest: pd.DataFrame | None = None
@@ -118,14 +120,26 @@ class CXRDataModule(pl.LightningDataModule):
     def _load(self) -> None:
         manifest, self.cohort_report = build_manifest(self.source, self.root,
                                                       **self.cohort_options)
-        self.cache = build_image_cache(manifest, self.root, self.cache_dir, self.spec,
-                                       self.cache_workers)
+        self.cache = (self._remote_cache(manifest) if self.cache_url else build_image_cache(
+            manifest, self.root, self.cache_dir, self.spec, self.cache_workers))
         decoded = manifest["image_id"].isin(self.cache.row_of)
         self.cohort_report.dropped["undecodable"] = int((~decoded).sum())
         self.manifest = manifest[decoded].reset_index(drop=True)
         self.cohort_report.record_cohort(self.manifest)
         log.info("Cohort of %s (%s):\n%s", self.root, self.source,
                  cohort_summary(self.manifest, self.cohort_report).to_string())
+
+    def _remote_cache(self, manifest: pd.DataFrame) -> ImageCache:
+        """The prebuilt cache at ``cache_url``; its shards are fetched into ``cache_dir/remote``."""
+        cache = open_image_cache(self.cache_url, self.spec, self.cache_dir / "remote")
+        known = cache.row_of.keys() | set(cache.skipped["image_id"])
+        absent = manifest.loc[~manifest["image_id"].isin(known), "image_id"]
+        if len(absent):
+            raise ValueError(
+                f"the image cache {self.cache_url} lacks {len(absent)} of the cohort's "
+                f"{len(manifest)} images (e.g. {absent.iloc[0]}): build it from the same source "
+                "with python -m cxr_lightning.data.cache, or drop data.cache_url")
+        return cache
 
     def split_manifest(self, split: str) -> pd.DataFrame:
         """The manifest rows of one split (train / val / test)."""
