@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cxr_lightning.callbacks.timing import EpochTimer
+from cxr_lightning.data.cohort import cohort_summary
 from cxr_lightning.data.datamodule import CXRDataModule
 from cxr_lightning.models.backbones import calibrate_batchnorm, is_random_init
 from cxr_lightning.models.classifier import CXRClassifier
@@ -86,6 +87,7 @@ def run_job(cfg: DictConfig) -> float:
     datamodule: CXRDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.manifest.to_csv(output_dir / "manifest.csv", index=False)  # the job's cohort
+    cohort_summary(datamodule.manifest, datamodule.cohort_report).to_csv(output_dir / "cohort.csv")
     plan: FormulationPlan = instantiate(cfg.formulation.plan)
     try:
         members = [train_member(cfg, plan, m, datamodule, output_dir) for m in plan.members]

@@ -59,6 +59,10 @@ def test_every_formulation_writes_complete_results(multirun):
         manifest = pd.read_csv(next(multirun["sweep"].glob(f"*_{name}")) / "manifest.csv")
         test_ids = set(manifest.loc[manifest["split"] == "test", "image_id"])
         assert set(predictions["image_id"]) == test_ids
+        cohort = pd.read_csv(next(multirun["sweep"].glob(f"*_{name}")) / "cohort.csv",
+                             index_col=[0, 1])
+        assert cohort.loc[("labels", "1,1"), "test"] == (
+            (predictions["edema"] == 1) & (predictions["effusion"] == 1)).sum()
     assert "embedded MIMIC-CXR-format sample" in multirun["log"]
 
 
