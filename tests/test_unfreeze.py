@@ -9,10 +9,14 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F  # noqa: N812
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from cxr_lightning.callbacks.early_stopping import StagedEarlyStopping
 from cxr_lightning.callbacks.unfreeze import ProgressiveUnfreezing
 from cxr_lightning.models.backbones import build_backbone, unfreezable_blocks
 
@@ -229,3 +233,214 @@ def test_module_without_blocks_is_rejected() -> None:
 def test_invalid_arguments(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         ProgressiveUnfreezing(**kwargs)
+
+
+# --- schedules, plateau trigger, staged early stopping --------------------------------------
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+RESNET152_BLOCKS = (
+    ["layer4.2", "layer4.1", "layer4.0"] + [f"layer3.{i}" for i in range(35, -1, -1)]
+    + [f"layer2.{i}" for i in range(7, -1, -1)] + ["layer1.2", "layer1.1", "layer1.0", "stem"]
+)
+
+
+class Resnet152Module(pl.LightningModule):
+    """The real ResNet152 structure on the meta device: parameter shapes, no memory, no fit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.device("meta"):
+            self.backbone, num_features = build_backbone("resnet152", None)
+            self.head = nn.Linear(num_features, 2)
+
+    def unfreezable_blocks(self) -> list[tuple[str, nn.Module]]:
+        return unfreezable_blocks(self.backbone)
+
+
+@pytest.fixture(scope="module")
+def resnet152() -> Resnet152Module:
+    return Resnet152Module()
+
+
+def _block_prefixes(block: str) -> tuple[str, ...]:
+    return ("backbone.conv1.", "backbone.bn1.") if block == "stem" else (f"backbone.{block}.",)
+
+
+def _expected_trainable(module: nn.Module, blocks: list[str]) -> int:
+    """Head + ``blocks`` parameter count, from ``named_parameters`` by name prefix."""
+    prefixes = ("head.", *(p for block in blocks for p in _block_prefixes(block)))
+    return sum(p.numel() for n, p in module.named_parameters() if n.startswith(prefixes))
+
+
+def _drive(
+    module: nn.Module, callback: ProgressiveUnfreezing, epochs: int,
+    scores: list[float] | None = None,
+) -> tuple[torch.optim.Optimizer, list[tuple[int, int]]]:
+    """Run ``finetune_function`` (and the plateau trigger on ``scores``) epoch by epoch, as the
+    trainer would; return the optimizer and ``(stage, trainable parameters)`` per epoch."""
+    callback.freeze_before_training(module)
+    optimizer = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.1)
+    per_epoch = []
+    for epoch in range(epochs):
+        callback.finetune_function(module, epoch, optimizer)
+        per_epoch.append((callback.stage,
+                          sum(p.numel() for p in module.parameters() if p.requires_grad)))
+        if scores is not None and not callback.finished:
+            callback.plateaued(scores[epoch])
+    return optimizer, per_epoch
+
+
+def _instantiate(name: str, **overrides: Any) -> ProgressiveUnfreezing:
+    config = OmegaConf.merge(OmegaConf.load(CONF_DIR / "unfreeze" / f"{name}.yaml"), overrides)
+    return instantiate(config)
+
+
+def test_resnet152_block_order_is_the_contract(resnet152) -> None:
+    assert [name for name, _ in resnet152.unfreezable_blocks()] == RESNET152_BLOCKS
+    total = sum(p.numel() for p in resnet152.parameters())
+    assert _expected_trainable(resnet152, RESNET152_BLOCKS) == total
+
+
+def test_resnet152_interval_schedule_exact_counts(resnet152) -> None:
+    callback = _instantiate("interval", interval=2)
+    optimizer, per_epoch = _drive(resnet152, callback, epochs=2 * len(RESNET152_BLOCKS) + 4)
+    for epoch, (stage, trainable) in enumerate(per_epoch):
+        blocks = min(epoch // 2, len(RESNET152_BLOCKS))
+        assert stage == blocks
+        assert trainable == _expected_trainable(resnet152, RESNET152_BLOCKS[:blocks]), epoch
+    assert callback.finished and callback.unfrozen_block_names == RESNET152_BLOCKS
+    in_optimizer = sorted(id(p) for group in optimizer.param_groups for p in group["params"])
+    assert in_optimizer == sorted(id(p) for p in resnet152.parameters())
+
+
+def test_resnet152_table1_schedule_exact_counts(resnet152) -> None:
+    callback = _instantiate("table1")
+    _, per_epoch = _drive(resnet152, callback, epochs=80)
+    stages = [(0, []), (35, ["layer4.2"]), (50, ["layer4.2", "layer4.1", "layer4.0"]),
+              (70, ["layer4.2", "layer4.1", "layer4.0", "layer3.35", "layer3.34", "layer3.33"])]
+    for epoch, (stage, trainable) in enumerate(per_epoch):
+        expected_stage = max(i for i, (start, _) in enumerate(stages) if epoch >= start)
+        assert stage == expected_stage, epoch
+        assert trainable == _expected_trainable(resnet152, stages[stage][1]), epoch
+    assert callback.finished
+    assert callback.history == [
+        {"epoch": 0, "blocks": []}, {"epoch": 35, "blocks": ["layer4.2"]},
+        {"epoch": 50, "blocks": ["layer4.1", "layer4.0"]},
+        {"epoch": 70, "blocks": ["layer3.35", "layer3.34", "layer3.33"]},
+    ]
+    assert callback.state_dict()["history"] == callback.history
+
+
+def test_none_and_all_configs() -> None:
+    module = TinyModule()
+    none = _instantiate("none", interval=1)  # an overlay's interval must not unfreeze anything
+    _, per_epoch = _drive(module, none, epochs=12)
+    assert none.finished and per_epoch[-1] == (0, _expected_trainable(module, []))
+    every = _instantiate("all")
+    _, per_epoch = _drive(TinyModule(), every, epochs=2)
+    assert every.finished and every.history[1]["epoch"] == 0
+    assert per_epoch == [(1, sum(p.numel() for p in module.parameters()))] * 2
+
+
+def test_blocks_per_step_and_until() -> None:
+    module = TinyModule()
+    callback = ProgressiveUnfreezing(interval=2, blocks_per_step=4)
+    _, per_epoch = _drive(module, callback, epochs=8)
+    assert [len(h["blocks"]) for h in callback.history] == [0, 4, 4, 1]
+    assert [h["epoch"] for h in callback.history] == [0, 2, 4, 6]
+    assert [stage for stage, _ in per_epoch] == [0, 0, 1, 1, 2, 2, 3, 3]
+    callback = ProgressiveUnfreezing(interval=1, blocks_per_step=3, until="layer3.0")
+    _drive(module, callback, epochs=5)
+    assert callback.history[1:] == [{"epoch": 1, "blocks": ["layer4.1", "layer4.0", "layer3.1"]},
+                                    {"epoch": 2, "blocks": ["layer3.0"]}]
+    assert _names(module, *callback.unfrozen_block_names) | HEAD == {
+        n for n, p in module.named_parameters() if p.requires_grad}
+    with pytest.raises(ValueError, match=r"until='layer5.0'.*'layer4.1'.*'stem'"):
+        _drive(module, ProgressiveUnfreezing(until="layer5.0"), epochs=1)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "match"),
+    [([(2, ["layer4.0"])], r"next blocks top-down are \['layer4.1'\]"),
+     ([(2, 5), (3, 5)], "only 4 remain"),
+     ([(2, ["layer4.1", "layer9.9"])], "next blocks")],
+)
+def test_schedule_names_are_checked_against_the_model(schedule: list, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        _drive(TinyModule(), ProgressiveUnfreezing(schedule=schedule), epochs=1)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"blocks_per_step": 0}, {"monitor": "val/loss"}, {"patience": 2},
+     {"monitor": "m", "patience": 1, "mode": "best"}, {"schedule": [(5, 1), (5, 2)]},
+     {"schedule": [(-1, 1)]}, {"schedule": [(1, 0)]}, {"schedule": [(1, "most")]},
+     {"schedule": [(1, [])]}],
+)
+def test_invalid_new_arguments(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        ProgressiveUnfreezing(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("mode", "values", "fired"),
+    [("max", [0.5, 0.6, 0.6, 0.55], [False, False, False, True]),
+     ("min", [0.5, 0.4, 0.45, 0.3, 0.3, 0.4], [False] * 5 + [True])],
+)
+def test_plateau_decision(mode: str, values: list[float], fired: list[bool]) -> None:
+    callback = ProgressiveUnfreezing(monitor="m", patience=2, mode=mode)
+    assert [callback.plateaued(v) for v in values] == fired
+
+
+def test_plateau_starts_next_stage_early_and_later_stages_keep_their_length() -> None:
+    callback = ProgressiveUnfreezing(schedule=[(4, 1), (8, 2)], monitor="m", patience=1)
+    # stage 0 plateaus at epoch 1 (no improvement once): stage 1 begins at 2 and lasts 4 epochs.
+    _, per_epoch = _drive(TinyModule(), callback, epochs=8, scores=[1, 1, 2, 3, 4, 5, 6, 7])
+    assert [h["epoch"] for h in callback.history] == [0, 2, 6]
+    assert [stage for stage, _ in per_epoch] == [0, 0, 1, 1, 1, 1, 2, 2]
+    callback = ProgressiveUnfreezing(schedule=[(4, 1)], monitor="m", patience=3)
+    _drive(TinyModule(), callback, epochs=3, scores=[2, 1, 1])
+    restored = ProgressiveUnfreezing(schedule=[(4, 1)], monitor="m", patience=3)
+    restored.load_state_dict(callback.state_dict())  # a mid-stage checkpoint keeps the count
+    assert restored.state_dict()["plateau"] == {"best": 2, "wait": 2, "advance": False}
+    assert restored.plateaued(1.5)
+
+
+class ScriptedModule(TinyModule):
+    """Logs ``val/score`` from a script (one value per epoch) instead of a real metric."""
+
+    def __init__(self, scores: list[float]) -> None:
+        super().__init__()
+        self.scores = scores
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.log("val/score", self.scores[self.current_epoch])
+
+
+def _fit_scripted(scores: list[float], *callbacks: pl.Callback) -> pl.Trainer:
+    trainer = pl.Trainer(
+        accelerator="cpu", max_epochs=len(scores), callbacks=list(callbacks), logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0,
+    )
+    trainer.fit(ScriptedModule(scores), _loader(), _loader())
+    return trainer
+
+
+def test_plateau_trigger_in_a_real_fit() -> None:
+    callback = ProgressiveUnfreezing(interval=100, max_blocks=2, monitor="val/score", patience=1)
+    _fit_scripted([1.0, 1.0, 2.0, 3.0, 3.0, 3.0], callback)
+    assert callback.history == [{"epoch": 0, "blocks": []}, {"epoch": 2, "blocks": ["layer4.1"]},
+                                {"epoch": 5, "blocks": ["layer4.0"]}]
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_early_stopping_waits_for_the_last_stage(staged: bool) -> None:
+    unfreezing = ProgressiveUnfreezing(interval=1, max_blocks=2)  # stages begin at 0, 1, 2
+    stopping = (StagedEarlyStopping if staged else EarlyStopping)(
+        monitor="val/score", mode="max", patience=1)
+    trainer = _fit_scripted([0.5] * 8, unfreezing, stopping)  # a flat metric
+    # Plain EarlyStopping ends the run in stage 1; the staged one counts from stage 2 (epoch 2).
+    assert stopping.stopped_epoch == (3 if staged else 1)
+    assert trainer.current_epoch == stopping.stopped_epoch + 1
+    assert unfreezing.stage == (2 if staged else 1)

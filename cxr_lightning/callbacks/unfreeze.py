@@ -18,70 +18,132 @@ Contract with the LightningModule:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BaseFinetuning
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
+Schedule = Sequence[tuple[int, int | str | Sequence[str]]]
+"""``[(epoch, blocks)]``: a count of blocks, ``"all"`` or block names, unfrozen at ``epoch``."""
+
 
 class ProgressiveUnfreezing(BaseFinetuning):
-    """Unfreeze one backbone block, top-down, at the start of every ``interval``-th epoch.
+    """Unfreeze backbone blocks top-down in stages: stage 0 trains the head only.
 
-    Stage 0 trains the head only; at epoch ``k * interval`` (k = 1, 2, ...) block ``k`` of
-    ``pl_module.unfreezable_blocks()`` is unfrozen, until ``max_blocks`` blocks (``None``: all)
-    are. Frozen blocks keep their weights and, unless ``train_bn``, their BatchNorm layers in
-    eval mode (running statistics untouched, normalisation with them). With ``train_bn=True``
-    frozen BatchNorm layers train, as in Lightning's ``BaseFinetuning.freeze``: their affine
-    parameters require grad from the start, so ``configure_optimizers`` puts them in the head's
-    param group, where they stay once their block is unfrozen.
+    Stages come from one of two forms:
 
-    Logs ``unfreeze/stage`` and ``unfreeze/trainable_params`` every epoch.
+    * interval form (``schedule=None``): every ``interval`` epochs the next ``blocks_per_step``
+      blocks of ``pl_module.unfreezable_blocks()`` unfreeze (``interval=None``: never);
+    * explicit form: ``schedule`` lists ``(epoch, blocks)`` steps with strictly increasing
+      epochs; ``blocks`` is what the step unfreezes: a count of the next blocks top-down, their
+      names (they must be the next blocks, in any order), or ``"all"`` (every remaining block).
+      ``interval`` and ``blocks_per_step`` are then ignored. ``[(0, "all")]`` trains everything
+      from the start.
+
+    ``max_blocks`` and ``until`` (the last block to unfreeze) cap either form; a step beyond the
+    cap is dropped. Each stage lasts its nominal length (the gap between its step's epoch and the
+    next one's); the last stage lasts until the run ends. With ``monitor`` and ``patience``, a
+    stage whose validation metric has not improved (``mode``) for ``patience`` validations ends
+    early: the next stage starts at the next epoch, and every later stage keeps its length.
+
+    Frozen blocks keep their weights and, unless ``train_bn``, their BatchNorm layers in eval
+    mode (running statistics untouched, normalisation with them). With ``train_bn=True`` frozen
+    BatchNorm layers train, as in Lightning's ``BaseFinetuning.freeze``: their affine parameters
+    require grad from the start, so ``configure_optimizers`` puts them in the head's param group,
+    where they stay once their block is unfrozen.
+
+    Logs ``unfreeze/stage``, ``unfreeze/blocks`` (unfrozen block count) and
+    ``unfreeze/trainable_params`` every epoch, and the names of the blocks each stage unfreezes;
+    :attr:`history` (also in the checkpointed state) records every stage's start epoch and blocks.
     """
 
     def __init__(
         self,
-        interval: int = 10,
+        interval: int | None = 10,
         max_blocks: int | None = None,
         lr_factor: float = 1.0,
         train_bn: bool = False,
+        blocks_per_step: int = 1,
+        until: str | None = None,
+        schedule: Schedule | None = None,
+        monitor: str | None = None,
+        patience: int | None = None,
+        mode: str = "max",
     ) -> None:
         super().__init__()
-        if interval < 1:
-            raise ValueError(f"interval must be >= 1, got {interval}")
+        if interval is not None and interval < 1:
+            raise ValueError(f"interval must be >= 1 or None, got {interval}")
         if max_blocks is not None and max_blocks < 0:
             raise ValueError(f"max_blocks must be >= 0 or None, got {max_blocks}")
         if lr_factor <= 0:
             raise ValueError(f"lr_factor must be > 0, got {lr_factor}")
+        if blocks_per_step < 1:
+            raise ValueError(f"blocks_per_step must be >= 1, got {blocks_per_step}")
+        if (monitor is None) != (patience is None) or (patience is not None and patience < 1):
+            raise ValueError(
+                f"monitor and patience (>= 1) go together, got {monitor=} {patience=}"
+            )
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         self.interval = interval
         self.max_blocks = max_blocks
         self.lr_factor = lr_factor
         self.train_bn = train_bn
+        self.blocks_per_step = blocks_per_step
+        self.until = until
+        self.schedule = None if schedule is None else _normalise_schedule(schedule)
+        self.monitor = monitor
+        self.patience = patience
+        self.mode = mode
         self._blocks: list[tuple[str, nn.Module]] = []
-        self._unfrozen: list[str] = []
+        self._stages: list[tuple[int, int]] = [(0, 0)]  # (nominal start epoch, blocks unfrozen)
+        self._history: list[dict[str, Any]] = [{"epoch": 0, "blocks": []}]
+        self._best: float | None = None
+        self._wait = 0
+        self._advance = False
         self._frozen_bns: list[_BatchNorm] = []
 
     @property
     def stage(self) -> int:
-        """The number of unfrozen blocks (0: head only)."""
-        return len(self._unfrozen)
+        """The current stage (0: head only)."""
+        return len(self._history) - 1
+
+    @property
+    def finished(self) -> bool:
+        """Whether the last stage has begun (no block will unfreeze any more)."""
+        return self.stage == len(self._stages) - 1
 
     @property
     def unfrozen_block_names(self) -> list[str]:
         """Names of the unfrozen blocks, in unfreezing order."""
-        return list(self._unfrozen)
+        return [name for entry in self._history for name in entry["blocks"]]
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """Per stage begun so far: ``{"epoch": start epoch, "blocks": names it unfroze}``."""
+        return [{"epoch": e["epoch"], "blocks": list(e["blocks"])} for e in self._history]
 
     def state_dict(self) -> dict[str, Any]:
-        """BaseFinetuning's optimizer metadata plus the unfrozen block names."""
-        return {**super().state_dict(), "unfrozen_block_names": list(self._unfrozen)}
+        """BaseFinetuning's optimizer metadata plus the stage history and the plateau state."""
+        return {
+            **super().state_dict(),
+            "unfrozen_block_names": self.unfrozen_block_names,
+            "history": self.history,
+            "plateau": {"best": self._best, "wait": self._wait, "advance": self._advance},
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the stage; the blocks are made trainable again in ``on_fit_start``."""
-        self._unfrozen = list(state_dict.get("unfrozen_block_names", []))
+        self._history = [dict(entry) for entry in state_dict["history"]]
+        plateau = state_dict["plateau"]
+        self._best, self._wait, self._advance = plateau["best"], plateau["wait"], plateau["advance"]
         super().load_state_dict(state_dict)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -90,7 +152,7 @@ class ProgressiveUnfreezing(BaseFinetuning):
             super().setup(trainer, pl_module, stage)
 
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
-        """Freeze the whole backbone; the head stays trainable (stage 0)."""
+        """Resolve the stages on the module's blocks; freeze the whole backbone (stage 0)."""
         if not isinstance(getattr(pl_module, "backbone", None), nn.Module) or not callable(
             getattr(pl_module, "unfreezable_blocks", None)
         ):
@@ -99,7 +161,9 @@ class ProgressiveUnfreezing(BaseFinetuning):
                 "and a method `unfreezable_blocks()` returning [(name, module), ...] top-down"
             )
         self._blocks = list(pl_module.unfreezable_blocks())
-        self._unfrozen = []
+        self._stages = self._resolve_stages([name for name, _ in self._blocks])
+        self._history = [{"epoch": 0, "blocks": []}]
+        self._reset_plateau()
         self.freeze(pl_module.backbone, train_bn=self.train_bn)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -110,13 +174,15 @@ class ProgressiveUnfreezing(BaseFinetuning):
                 f"got {len(trainer.optimizers)}"
             )
         if self._restarting:
-            names = [name for name, _ in self._blocks[: self.stage]]
-            if names != self._unfrozen:
+            unfrozen = self.unfrozen_block_names
+            names = [name for name, _ in self._blocks[: len(unfrozen)]]
+            if names != unfrozen or self.stage >= len(self._stages):
                 raise MisconfigurationException(
-                    f"Checkpoint unfroze blocks {self._unfrozen}, but the model's first blocks "
-                    f"are {names}"
+                    f"Checkpoint unfroze blocks {unfrozen} in {self.stage} stages, but the "
+                    f"model's first blocks are {names} and the schedule has "
+                    f"{len(self._stages) - 1} stages"
                 )
-            for _, block in self._blocks[: self.stage]:
+            for _, block in self._blocks[: len(unfrozen)]:
                 self.make_trainable(block)
         super().on_fit_start(trainer, pl_module)
         optimizer = trainer.optimizers[0]
@@ -137,29 +203,53 @@ class ProgressiveUnfreezing(BaseFinetuning):
     def finetune_function(
         self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer
     ) -> None:
-        """Unfreeze blocks until ``min(epoch // interval, max_blocks)`` are unfrozen."""
-        limit = len(self._blocks) if self.max_blocks is None else self.max_blocks
-        limit = min(limit, len(self._blocks))
-        target = min(epoch // self.interval, limit)
-        while self.stage < target:
-            name, block = self._blocks[self.stage]
-            group = self._add_block(block, optimizer, name)
-            self._unfrozen.append(name)
-            rank_zero_info(
-                f"Epoch {epoch}: unfroze backbone block {name} ({len(group['params'])} tensors, "
-                f"lr {group['lr']:.3g}); stage {self.stage}/{limit}"
-            )
+        """Begin every stage that is due at ``epoch``: its nominal start, or a plateau."""
+        while not self.finished and (
+            self._advance
+            or epoch - self._history[-1]["epoch"]
+            >= self._stages[self.stage + 1][0] - self._stages[self.stage][0]
+        ):
+            self._begin_next_stage(epoch, optimizer)
         self._collect_frozen_bns(pl_module)
 
+    def plateaued(self, value: float) -> bool:
+        """Record a validation value of ``monitor`` for the current stage; return whether it has
+        not improved for ``patience`` values (the next stage then begins at the next epoch)."""
+        if self._best is None or (value > self._best if self.mode == "max" else value < self._best):
+            self._best, self._wait = value, 0
+        else:
+            self._wait += 1
+        self._advance = self._advance or self._wait >= self.patience
+        return self._advance
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Unfreeze the epoch's block (BaseFinetuning) and log the stage."""
+        """Begin the epoch's stage (BaseFinetuning) and log it."""
         super().on_train_epoch_start(trainer, pl_module)
         self._extend_schedulers(trainer, trainer.optimizers[0])
         trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
-        pl_module.log("unfreeze/stage", float(self.stage), on_step=False, on_epoch=True)
-        pl_module.log(
-            "unfreeze/trainable_params", float(trainable), on_step=False, on_epoch=True
-        )
+        for key, value in (
+            ("stage", self.stage),
+            ("blocks", len(self.unfrozen_block_names)),
+            ("trainable_params", trainable),
+        ):
+            pl_module.log(f"unfreeze/{key}", float(value), on_step=False, on_epoch=True)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Feed ``monitor`` to the plateau trigger while a later stage remains."""
+        if (self.monitor is None or trainer.state.fn != TrainerFn.FITTING
+                or trainer.sanity_checking or self.finished):
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            raise MisconfigurationException(
+                f"ProgressiveUnfreezing monitors {self.monitor!r}, which was not logged; "
+                f"available: {sorted(trainer.callback_metrics)}"
+            )
+        if self.plateaued(float(value)):
+            rank_zero_info(
+                f"Epoch {trainer.current_epoch}: {self.monitor} has not improved for "
+                f"{self._wait} validations; unfreezing stage {self.stage + 1} begins next epoch"
+            )
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -173,7 +263,47 @@ class ProgressiveUnfreezing(BaseFinetuning):
         for bn in self._frozen_bns:
             bn.train(True)
 
-    def _add_block(self, block: nn.Module, optimizer: Optimizer, name: str) -> dict[str, Any]:
+    def _resolve_stages(self, names: list[str]) -> list[tuple[int, int]]:
+        """``[(nominal start epoch, blocks unfrozen)]`` per stage, stage 0 first, capped."""
+        limit = len(names) if self.max_blocks is None else min(self.max_blocks, len(names))
+        if self.until is not None:
+            if self.until not in names:
+                raise ValueError(f"until={self.until!r} is not a block; valid: {names}")
+            limit = min(limit, names.index(self.until) + 1)
+        steps = self.schedule
+        if steps is None and self.interval is None:
+            steps = []
+        elif steps is None:
+            starts = range(0, len(names), self.blocks_per_step)
+            steps = [(self.interval * (k + 1), min(self.blocks_per_step, len(names) - start))
+                     for k, start in enumerate(starts)]
+        stages, requested = [(0, 0)], 0
+        for epoch, blocks in steps:
+            requested += _step_size(epoch, blocks, names[requested:])
+            if min(requested, limit) > stages[-1][1]:
+                stages.append((epoch, min(requested, limit)))
+        return stages
+
+    def _begin_next_stage(self, epoch: int, optimizer: Optimizer) -> None:
+        """Unfreeze the next stage's blocks (one param group each) and reset the plateau."""
+        start = len(self.unfrozen_block_names)
+        names = []
+        for name, block in self._blocks[start : self._stages[self.stage + 1][1]]:
+            self._add_block(block, optimizer, name)
+            names.append(name)
+        self._history.append({"epoch": epoch, "blocks": names})
+        self._reset_plateau()
+        rank_zero_info(
+            f"Epoch {epoch}: unfreezing stage {self.stage}/{len(self._stages) - 1} unfroze "
+            f"{', '.join(names)} (lr {optimizer.param_groups[0]['lr'] * self.lr_factor:.3g}); "
+            f"{start + len(names)}/{len(self._blocks)} backbone blocks trainable"
+        )
+
+    def _reset_plateau(self) -> None:
+        """Forget the plateau trigger's best value and count (a new stage begins)."""
+        self._best, self._wait, self._advance = None, 0, False
+
+    def _add_block(self, block: nn.Module, optimizer: Optimizer, name: str) -> None:
         """Make ``block`` trainable and add its new parameters as a param group.
 
         Like ``BaseFinetuning.unfreeze_and_add_param_group`` but parameters already in the
@@ -191,7 +321,6 @@ class ProgressiveUnfreezing(BaseFinetuning):
         }
         if group["params"]:
             optimizer.add_param_group(group)
-        return group
 
     @staticmethod
     def _extend_schedulers(trainer: pl.Trainer, optimizer: Optimizer) -> None:
@@ -216,7 +345,7 @@ class ProgressiveUnfreezing(BaseFinetuning):
             return
         unfrozen = {
             id(module)
-            for _, block in self._blocks[: self.stage]
+            for _, block in self._blocks[: len(self.unfrozen_block_names)]
             for module in block.modules()
         }
         self._frozen_bns = [
@@ -229,3 +358,37 @@ class ProgressiveUnfreezing(BaseFinetuning):
 def _param_ids(optimizer: Optimizer) -> set[int]:
     """The ``id`` of every parameter in ``optimizer``'s param groups."""
     return {id(p) for group in optimizer.param_groups for p in group["params"]}
+
+
+def _normalise_schedule(schedule: Schedule) -> list[tuple[int, int | str | list[str]]]:
+    """Plain ``[(epoch, count | "all" | [names])]`` from YAML lists; checks what needs no model."""
+    steps: list[tuple[int, int | str | list[str]]] = []
+    for epoch, blocks in schedule:
+        if not isinstance(blocks, int | str):
+            blocks = [str(name) for name in blocks]
+        if isinstance(blocks, str):
+            valid = blocks == "all"
+        else:
+            valid = blocks >= 1 if isinstance(blocks, int) else bool(blocks)
+        if not valid:
+            raise ValueError(f"schedule step at epoch {epoch}: blocks must be a count >= 1, "
+                             f"'all' or a list of block names, got {blocks!r}")
+        if epoch < 0 or (steps and epoch <= steps[-1][0]):
+            raise ValueError(f"schedule epochs must be >= 0 and increasing, got {epoch} after "
+                             f"{[e for e, _ in steps]}")
+        steps.append((int(epoch), blocks))
+    return steps
+
+
+def _step_size(epoch: int, blocks: int | str | list[str], remaining: list[str]) -> int:
+    """How many of the ``remaining`` blocks (top-down) a schedule step unfreezes."""
+    if blocks == "all":
+        return len(remaining)
+    count = blocks if isinstance(blocks, int) else len(blocks)
+    if count > len(remaining):
+        raise ValueError(f"schedule step at epoch {epoch} unfreezes {count} blocks, only "
+                         f"{len(remaining)} remain: {remaining}")
+    if isinstance(blocks, list) and sorted(blocks) != sorted(remaining[:count]):
+        raise ValueError(f"schedule step at epoch {epoch} names {blocks}; the next blocks "
+                         f"top-down are {remaining[:count]}")
+    return count

@@ -1,0 +1,37 @@
+"""EarlyStopping that waits for progressive unfreezing to reach its last stage."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import EarlyStopping
+
+from cxr_lightning.callbacks.unfreeze import ProgressiveUnfreezing
+
+
+class StagedEarlyStopping(EarlyStopping):
+    """``EarlyStopping`` whose checks begin once every ``ProgressiveUnfreezing`` among the
+    trainer's callbacks is ``finished`` (its last stage has begun).
+
+    While stages remain the metric is not read at all, so the best score and the patience count
+    start at the last stage's first validation: the last setting gets its own early stopping, as
+    every earlier one does through the unfreezing callback's plateau trigger. Without an
+    unfreezing callback it is a plain ``EarlyStopping``.
+    """
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Check at the end of the training epoch, once the last stage has begun."""
+        if not _stages_remain(trainer):
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Check at the end of validation, once the last stage has begun."""
+        if not _stages_remain(trainer):
+            super().on_validation_end(trainer, pl_module)
+
+
+def _stages_remain(trainer: pl.Trainer) -> bool:
+    """Whether a ``ProgressiveUnfreezing`` callback of ``trainer`` has stages still to begin."""
+    return any(
+        isinstance(callback, ProgressiveUnfreezing) and not callback.finished
+        for callback in trainer.callbacks
+    )
