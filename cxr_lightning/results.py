@@ -30,6 +30,7 @@ class MemberResult:
     findings: tuple[str, ...]
     epochs: int
     epoch_times_s: list[float]
+    unfreeze_history: list[dict]
     best_val_auroc_mean: float
     best_checkpoint: str
     test_probabilities: list[torch.Tensor] = field(repr=False)

@@ -44,8 +44,8 @@ def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
     model = CXRClassifier(member, **cfg.model)
     timer = EpochTimer()
     checkpoint_dir = output_dir / "checkpoints" / name
-    callbacks = [instantiate(cfg.unfreeze), timer,
-                 *(instantiate(c) for c in cfg.callbacks.values())]
+    unfreezing = instantiate(cfg.unfreeze)
+    callbacks = [unfreezing, timer, *(instantiate(c) for c in cfg.callbacks.values())]
     checkpoint = next(c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint))
     checkpoint.dirpath = str(checkpoint_dir)
     prefix = "" if len(plan.members) == 1 else "-".join(member.findings)
@@ -64,12 +64,14 @@ def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
     # read before predict(): loading the best checkpoint restores the callbacks' earlier state
     epochs, epoch_times_s = trainer.current_epoch, list(timer.epoch_times_s)
+    unfreeze_history = unfreezing.history
     probabilities = trainer.predict(model, datamodule=datamodule, ckpt_path="best")
     return MemberResult(
         name=name,
         findings=member.findings,
         epochs=epochs,
         epoch_times_s=epoch_times_s,
+        unfreeze_history=unfreeze_history,
         best_val_auroc_mean=float(checkpoint.best_model_score),
         best_checkpoint=checkpoint.best_model_path,
         test_probabilities=probabilities,

@@ -54,6 +54,8 @@ def test_every_formulation_writes_complete_results(multirun):
         assert len(result["members"]) == (2 if name == "binary" else 1)
         for member in result["members"]:  # one wall time per epoch the model trained
             assert len(member["epoch_times_s"]) == member["epochs"] == 2
+            assert member["unfreeze_history"] == [{"epoch": 0, "blocks": []},
+                                                  {"epoch": 1, "blocks": ["layer4.1"]}]
         assert metrics["train/total_time_s"] > 0
         assert result["config"]["data"]["source"] == "sample"
         manifest = pd.read_csv(next(multirun["sweep"].glob(f"*_{name}")) / "manifest.csv")
