@@ -38,11 +38,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import BaseFinetuning
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 
+from cxr_lightning.callbacks.baselines import NaiveFreeze
 from cxr_lightning.callbacks.unfreeze import ProgressiveUnfreezing
 from cxr_lightning.models.classifier import CXRClassifier
 from cxr_lightning.models.formulations import MultilabelFormulation
@@ -50,17 +50,6 @@ from cxr_lightning.models.formulations import MultilabelFormulation
 log = logging.getLogger("bench_unfreeze")
 
 
-class NaiveFreeze(BaseFinetuning):
-    """Lightning's default: the backbone frozen with ``train_bn=True``, nothing unfrozen."""
-
-    def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
-        """Freeze the backbone except its BatchNorm layers (trainable, in train mode)."""
-        self.freeze(pl_module.backbone, train_bn=True)
-
-    def finetune_function(
-        self, pl_module: pl.LightningModule, epoch: int, optimizer: torch.optim.Optimizer
-    ) -> None:
-        """Unfreeze nothing."""
 
 
 class StepTimer(pl.Callback):

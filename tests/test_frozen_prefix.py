@@ -15,6 +15,7 @@ from pytorch_lightning.callbacks import BaseFinetuning
 from torch import nn
 from torch.utils.data import DataLoader
 
+from cxr_lightning.callbacks.baselines import NaiveFreeze
 from cxr_lightning.callbacks.unfreeze import ProgressiveUnfreezing
 from cxr_lightning.models.classifier import CXRClassifier
 from cxr_lightning.models.formulations import MultilabelFormulation
@@ -54,16 +55,6 @@ class GraphProbe(pl.Callback):
         return record
 
 
-class NaiveFreeze(BaseFinetuning):
-    """Lightning's default freeze: ``train_bn=True``, nothing unfrozen."""
-
-    def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
-        self.freeze(pl_module.backbone, train_bn=True)
-
-    def finetune_function(
-        self, pl_module: pl.LightningModule, epoch: int, optimizer: torch.optim.Optimizer
-    ) -> None:
-        """Unfreeze nothing."""
 
 
 def _fit(freezer: BaseFinetuning, epochs: int) -> GraphProbe:

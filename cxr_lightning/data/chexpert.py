@@ -27,7 +27,6 @@ MIMIC adapter (``drop``, ``zeros``, ``ones``, ``mask``).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -38,11 +37,9 @@ from cxr_lightning.data.cohort import LABEL_COLUMNS, CohortOptions, apply_label_
 from cxr_lightning.data.manifest import (
     MANIFEST_COLUMNS,
     CohortReport,
+    finish_manifest,
     random_patient_split,
-    validate_manifest,
 )
-
-log = logging.getLogger(__name__)
 
 CSV_SPLITS: dict[str, str] = {"train.csv": "train", "valid.csv": "test"}
 VAL_FRACTION_OF_TRAIN = 0.1
@@ -133,12 +130,7 @@ def build_chexpert_manifest(
     images = images.loc[labels.index].assign(**{f: labels[f] for f in LABEL_COLUMNS})
 
     manifest = images.assign(source=source)[list(MANIFEST_COLUMNS)].reset_index(drop=True)
-    report.record_cohort(manifest)
-    validate_manifest(manifest, origin=str(root))
-    log.info("CheXpert cohort from %s (%s): %d of %d images, %d patients kept; dropped %s",
-             dataset, report.options, report.images_in_cohort, report.images_in_source,
-             report.patients, report.dropped)
-    return manifest, report
+    return finish_manifest(manifest, report, str(dataset), "CheXpert")
 
 
 def _split(csv_split: pd.Series, subject_id: pd.Series, split: str, split_seed: int) -> pd.Series:

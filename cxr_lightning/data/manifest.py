@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,6 +10,8 @@ import numpy as np
 import pandas as pd
 
 from cxr_lightning.findings import FINDINGS
+
+log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "image_id", "subject_id", "study_id", "path", "view", "split", *FINDINGS, "source",
@@ -99,3 +102,14 @@ def cohort_table(manifest: pd.DataFrame) -> pd.DataFrame:
     rows = sorted(table.index, key=lambda c: ("masked" in c, c))
     return table.reindex(index=rows, columns=[s for s in SPLITS if s in table.columns],
                          fill_value=0)
+
+
+def finish_manifest(manifest: pd.DataFrame, report: CohortReport, origin: str,
+                    dataset: str) -> tuple[pd.DataFrame, CohortReport]:
+    """An adapter's last step: record the cohort in the report, validate, log one summary line."""
+    report.record_cohort(manifest)
+    validate_manifest(manifest, origin=origin)
+    log.info("%s cohort from %s (%s): %d of %d images, %d patients kept; dropped %s", dataset,
+             origin, report.options, report.images_in_cohort, report.images_in_source,
+             report.patients, report.dropped)
+    return manifest, report

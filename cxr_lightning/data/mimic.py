@@ -19,8 +19,8 @@ from cxr_lightning.data.cohort import LABEL_COLUMNS, CohortOptions, apply_label_
 from cxr_lightning.data.manifest import (
     MANIFEST_COLUMNS,
     CohortReport,
+    finish_manifest,
     random_patient_split,
-    validate_manifest,
 )
 
 log = logging.getLogger(__name__)
@@ -107,12 +107,7 @@ def build_mimic_manifest(
         "effusion": images["effusion"].astype(float),
         "source": source,
     })[list(MANIFEST_COLUMNS)].reset_index(drop=True)
-    report.record_cohort(manifest)
-    validate_manifest(manifest, origin=str(root))
-    log.info("MIMIC-CXR cohort from %s (%s): %d of %d images, %d patients kept; dropped %s",
-             root, report.options, report.images_in_cohort, report.images_in_source,
-             report.patients, report.dropped)
-    return manifest, report
+    return finish_manifest(manifest, report, str(root), "MIMIC-CXR")
 
 
 def _split(root: Path, images: pd.DataFrame, metadata: pd.DataFrame,

@@ -34,8 +34,8 @@ from cxr_lightning.data.cohort import SPLIT_METHODS
 from cxr_lightning.data.manifest import (
     MANIFEST_COLUMNS,
     CohortReport,
+    finish_manifest,
     random_patient_split,
-    validate_manifest,
 )
 
 log = logging.getLogger(__name__)
@@ -157,9 +157,4 @@ def build_nih_manifest(
            for finding, token in LABEL_TOKENS.items()},
         "source": source,
     })[list(MANIFEST_COLUMNS)].reset_index(drop=True)
-    report.record_cohort(manifest)
-    validate_manifest(manifest, origin=str(root))
-    log.info("NIH ChestX-ray14 cohort from %s (%s): %d of %d images, %d patients kept; dropped %s",
-             root, report.options, report.images_in_cohort, report.images_in_source,
-             report.patients, report.dropped)
-    return manifest, report
+    return finish_manifest(manifest, report, str(root), "NIH ChestX-ray14")
