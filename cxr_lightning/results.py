@@ -33,33 +33,37 @@ class MemberResult:
     unfreeze_history: list[dict]
     best_val_auroc_mean: float
     best_checkpoint: str
-    test_probabilities: list[torch.Tensor] = field(repr=False)
+    probabilities: dict[str, list[torch.Tensor]] = field(repr=False)
+    """Per split (``val``, ``test``): the best checkpoint's batched per-finding probabilities."""
 
 
-def predictions_table(test_manifest: pd.DataFrame, members: list[MemberResult]) -> pd.DataFrame:
-    """Per-image test table: ids, labels and each finding's probability from its model."""
-    table = test_manifest[list(PREDICTION_ID_COLUMNS) + list(FINDINGS)].copy()
+def predictions_table(manifest: pd.DataFrame, members: list[MemberResult],
+                      split: str = "test") -> pd.DataFrame:
+    """Per-image table of one split: ids, labels and each finding's probability from its model."""
+    table = manifest[list(PREDICTION_ID_COLUMNS) + list(FINDINGS)].copy()
     for member in members:
-        probabilities = torch.cat(member.test_probabilities).double().numpy()
+        probabilities = torch.cat(member.probabilities[split]).double().numpy()
         if len(probabilities) != len(table):
-            raise RuntimeError(f"{member.name}: {len(probabilities)} test predictions for "
-                               f"{len(table)} test images")
+            raise RuntimeError(f"{member.name}: {len(probabilities)} {split} predictions for "
+                               f"{len(table)} {split} images")
         if not np.isfinite(probabilities).all():
             raise RuntimeError(
-                f"{member.name}: {int((~np.isfinite(probabilities)).sum())} test probabilities "
+                f"{member.name}: {int((~np.isfinite(probabilities)).sum())} {split} probabilities "
                 f"are not finite: training diverged (checkpoint {member.best_checkpoint}); "
                 "lower model.lr or check the inputs")
         if (probabilities.std(axis=0) == 0).any():
-            log.warning("%s predicts one constant probability for every test image: its AUROC "
-                        "is 0.5 by construction, not a measured result", member.name)
+            log.warning("%s predicts one constant probability for every %s image: its AUROC "
+                        "is 0.5 by construction, not a measured result", member.name, split)
         for column, finding in enumerate(member.findings):
             table[probability_column(finding)] = probabilities[:, column]
     return table
 
 
 def job_results(cfg: DictConfig, formulation: str, members: list[MemberResult],
-                predictions: pd.DataFrame, cohort: CohortReport) -> dict[str, Any]:
-    """The results.json content: metrics, training statistics, cohort, members, config."""
+                predictions: pd.DataFrame, val_predictions: pd.DataFrame,
+                cohort: CohortReport) -> dict[str, Any]:
+    """The results.json content: metrics, training statistics, cohort, members, config, and the
+    per-image test (``predictions``) and validation (``val_predictions``) probabilities."""
     epoch_times = [t for m in members for t in m.epoch_times_s]
     metrics = finding_metrics(predictions, stage="test")
     metrics["train/epochs"] = sum(m.epochs for m in members)
@@ -68,11 +72,12 @@ def job_results(cfg: DictConfig, formulation: str, members: list[MemberResult],
     return {
         "formulation": formulation,
         "metrics": metrics,
-        "members": [{k: v for k, v in asdict(m).items() if k != "test_probabilities"}
+        "members": [{k: v for k, v in asdict(m).items() if k != "probabilities"}
                     for m in members],
         "cohort": asdict(cohort),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "predictions": json.loads(predictions.to_json(orient="records")),
+        "val_predictions": json.loads(val_predictions.to_json(orient="records")),
     }
 
 

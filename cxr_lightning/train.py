@@ -38,7 +38,7 @@ PROJECT_CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
                  datamodule: CXRDataModule, output_dir: Path) -> MemberResult:
-    """Fit one model with progressive unfreezing; predict the test split with its best weights."""
+    """Fit one model with progressive unfreezing; predict test and val with its best weights."""
     name = plan.member_name(member)
     member.fit_to_training_labels(datamodule.train_labels())
     model = CXRClassifier(member, **cfg.model)
@@ -65,7 +65,10 @@ def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
     # read before predict(): loading the best checkpoint restores the callbacks' earlier state
     epochs, epoch_times_s = trainer.current_epoch, list(timer.epoch_times_s)
     unfreeze_history = unfreezing.history
-    probabilities = trainer.predict(model, datamodule=datamodule, ckpt_path="best")
+    probabilities = {}
+    for split in ("test", "val"):
+        datamodule.predict_split = split
+        probabilities[split] = trainer.predict(model, datamodule=datamodule, ckpt_path="best")
     return MemberResult(
         name=name,
         findings=member.findings,
@@ -74,7 +77,7 @@ def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
         unfreeze_history=unfreeze_history,
         best_val_auroc_mean=float(checkpoint.best_model_score),
         best_checkpoint=checkpoint.best_model_path,
-        test_probabilities=probabilities,
+        probabilities=probabilities,
     )
 
 
@@ -93,8 +96,11 @@ def run_job(cfg: DictConfig) -> float:
     plan: FormulationPlan = instantiate(cfg.formulation.plan)
     try:
         members = [train_member(cfg, plan, m, datamodule, output_dir) for m in plan.members]
-        predictions = predictions_table(datamodule.split_manifest("test"), members)
-        results = job_results(cfg, plan.name, members, predictions, datamodule.cohort_report)
+        predictions, val_predictions = (
+            predictions_table(datamodule.split_manifest(split), members, split)
+            for split in ("test", "val"))
+        results = job_results(cfg, plan.name, members, predictions, val_predictions,
+                              datamodule.cohort_report)
         write_results(output_dir, results)
         log_job_summary(results["metrics"])
     finally:

@@ -61,6 +61,10 @@ def test_every_formulation_writes_complete_results(multirun):
         manifest = pd.read_csv(next(multirun["sweep"].glob(f"*_{name}")) / "manifest.csv")
         test_ids = set(manifest.loc[manifest["split"] == "test", "image_id"])
         assert set(predictions["image_id"]) == test_ids
+        val_predictions = pd.DataFrame(result["val_predictions"])
+        val_ids = manifest.loc[manifest["split"] == "val", "image_id"]
+        assert val_predictions["image_id"].tolist() == val_ids.tolist()
+        assert val_predictions[[f"{f}_prob" for f in FINDINGS]].stack().between(0, 1).all()
         cohort = pd.read_csv(next(multirun["sweep"].glob(f"*_{name}")) / "cohort.csv",
                              index_col=[0, 1])
         assert cohort.loc[("labels", "1,1"), "test"] == (

@@ -97,6 +97,7 @@ class CXRDataModule(pl.LightningDataModule):
         self.cache_workers = cache_workers
         self.cache_url = cache_url
         self.augment = augment
+        self.predict_split = "test"
         self.sample = sample
         self.manifest: pd.DataFrame | None = None
         self.cohort_report: CohortReport | None = None
@@ -175,5 +176,6 @@ class CXRDataModule(pl.LightningDataModule):
         return self._loader("test", False, None)
 
     def predict_dataloader(self) -> DataLoader:
-        """The test split, in manifest order (what ``trainer.predict`` scores)."""
-        return self.test_dataloader()
+        """The split named by :attr:`predict_split` (default ``test``), in manifest order: what
+        ``trainer.predict`` scores."""
+        return self._loader(self.predict_split, False, None)
