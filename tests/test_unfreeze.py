@@ -444,3 +444,131 @@ def test_early_stopping_waits_for_the_last_stage(staged: bool) -> None:
     assert stopping.stopped_epoch == (3 if staged else 1)
     assert trainer.current_epoch == stopping.stopped_epoch + 1
     assert unfreezing.stage == (2 if staged else 1)
+
+
+class StepScheduledModule(TinyModule):
+    """TinyModule under SGD with momentum (optimizer state) and StepLR (per-group ``base_lrs``).
+
+    Not ReduceLROnPlateau: Lightning steps plateau schedulers after the epoch-end checkpoint and
+    does not replay that step on resume (Lightning PR #14702), whatever the callbacks.
+    """
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD((p for p in self.parameters() if p.requires_grad),
+                                    lr=self.hparams.lr, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def _resumable_fit(epochs: int, checkpoints: Path, ckpt_path: Path | None = None
+                   ) -> tuple[StepScheduledModule, ProgressiveUnfreezing, pl.Trainer]:
+    """interval=2, two blocks, checkpoint after every epoch: stage 1 spans epochs 2-3."""
+    pl.seed_everything(0)
+    module = StepScheduledModule()
+    callback = ProgressiveUnfreezing(interval=2, max_blocks=2, lr_factor=0.5,
+                                     monitor="val/loss", patience=3, mode="min")
+    saver = pl.callbacks.ModelCheckpoint(dirpath=checkpoints, filename="{epoch}",
+                                         save_top_k=-1, every_n_epochs=1)
+    trainer = pl.Trainer(
+        accelerator="cpu", max_epochs=epochs, callbacks=[callback, saver], logger=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
+        num_sanity_val_steps=0, deterministic=True,
+    )
+    trainer.fit(module, _loader(), _loader(), ckpt_path=ckpt_path, weights_only=True)
+    return module, callback, trainer
+
+
+def test_resume_mid_stage_continues_as_if_never_interrupted(tmp_path: Path) -> None:
+    straight, straight_callback, straight_trainer = _resumable_fit(5, tmp_path / "straight")
+    # Epoch 2's checkpoint: stage 1 (layer4.1) began at epoch 2 and runs one more epoch.
+    mid_stage = tmp_path / "straight" / "epoch=2.ckpt"
+    checkpoint = torch.load(mid_stage, weights_only=True)
+    assert [g["name"] for g in checkpoint["optimizer_states"][0]["param_groups"][1:]] == [
+        "backbone.layer4.1"]
+    resumed, resumed_callback, resumed_trainer = _resumable_fit(5, tmp_path / "resumed",
+                                                                ckpt_path=mid_stage)
+    assert [e["trainable"] for e in resumed.epochs] == [e["trainable"]
+                                                        for e in straight.epochs[3:]]
+    assert resumed_callback.history == straight_callback.history == [
+        {"epoch": 0, "blocks": []}, {"epoch": 2, "blocks": ["layer4.1"]},
+        {"epoch": 4, "blocks": ["layer4.0"]}]
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    straight_optimizer = straight_trainer.optimizers[0].state_dict()
+    resumed_optimizer = resumed_trainer.optimizers[0].state_dict()
+    assert resumed_optimizer["param_groups"] == straight_optimizer["param_groups"]
+    for index, state in straight_optimizer["state"].items():
+        assert torch.equal(state["momentum_buffer"],
+                           resumed_optimizer["state"][index]["momentum_buffer"]), index
+    straight_scheduler = straight_trainer.lr_scheduler_configs[0].scheduler
+    resumed_scheduler = resumed_trainer.lr_scheduler_configs[0].scheduler
+    assert len(resumed_scheduler.base_lrs) == 3
+    assert resumed_scheduler.state_dict() == straight_scheduler.state_dict()
+
+
+class PlateauScheduledModule(TinyModule):
+    """SGD with momentum under ReduceLROnPlateau on a metric that never improves."""
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.log("val/constant", 1.0)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD((p for p in self.parameters() if p.requires_grad),
+                                    lr=self.hparams.lr, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max",
+                                                               factor=0.5, patience=0)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": "val/constant"}}
+
+
+class HeadStateProbe(pl.Callback):
+    """The head's momentum buffers at each epoch end, and at the first step of each epoch."""
+
+    def __init__(self) -> None:
+        self.at_epoch_end: list[torch.Tensor] = []
+        self.at_first_step: list[torch.Tensor] = []
+
+    def _head_state(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
+        state = trainer.optimizers[0].state[pl_module.head.weight]
+        return state["momentum_buffer"].clone()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 0 and trainer.current_epoch > 0:
+            self.at_first_step.append(self._head_state(trainer, pl_module))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.at_epoch_end.append(self._head_state(trainer, pl_module))
+
+
+def test_plateau_scheduler_and_optimizer_state_across_unfreezes() -> None:
+    module = PlateauScheduledModule()
+    probe = HeadStateProbe()
+    trainer = pl.Trainer(
+        accelerator="cpu", max_epochs=4, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
+        num_sanity_val_steps=0,
+        callbacks=[ProgressiveUnfreezing(interval=1, max_blocks=2, lr_factor=0.1), probe],
+    )
+    trainer.fit(module, _loader(), _loader())
+    head, *blocks = trainer.optimizers[0].param_groups
+    # Reductions at the ends of epochs 1, 2 and 3 (epoch 0 set the best value).
+    assert head["lr"] == pytest.approx(0.05 * 0.5**3)
+    assert [group["name"] for group in blocks] == ["backbone.layer4.1", "backbone.layer4.0"]
+    for group in blocks:  # joined at 0.1x the head's current lr, then reduced with it
+        assert group["lr"] == pytest.approx(0.1 * head["lr"])
+    assert len(trainer.lr_scheduler_configs[0].scheduler.min_lrs) == 3
+    # The head's momentum survives each unfreeze (epochs 1 and 2) untouched.
+    for before, after in zip(probe.at_epoch_end[:2], probe.at_first_step[:2], strict=True):
+        assert torch.equal(before, after)
+
+
+class OneCycleModule(TinyModule):
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD((p for p in self.parameters() if p.requires_grad), lr=0.1)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=10)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def test_schedulers_with_per_group_construction_state_are_rejected() -> None:
+    with pytest.raises(MisconfigurationException, match="cannot add param groups under OneCycleLR"):
+        _fit(OneCycleModule(), ProgressiveUnfreezing(interval=1, max_blocks=1), epochs=1)

@@ -13,7 +13,10 @@ Contract with the LightningModule:
   possibly scheduled, lr) and whose ``initial_lr`` is ``lr_factor`` times the head's
   ``initial_lr``. Schedulers of that optimizer get an entry for the new group (``base_lrs``,
   ``lr_lambdas``, ``min_lrs``), so LambdaLR / StepLR / CosineAnnealingLR / ReduceLROnPlateau keep
-  the block's lr at ``lr_factor`` times the head's. OneCycleLR and CyclicLR are not supported.
+  the block's lr at ``lr_factor`` times the head's. OneCycleLR and CyclicLR are rejected.
+* Resuming from a checkpoint restores the stage, the trainable blocks, the param groups and
+  the plateau trigger exactly. Lightning itself does not replay a ReduceLROnPlateau step that
+  came after the epoch-end checkpoint (PR #14702), so only that scheduler may differ.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
+from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
+
+UNSUPPORTED_SCHEDULERS = (OneCycleLR, CyclicLR)
+"""Schedulers that store per-group state at construction, which groups added later lack."""
 
 Schedule = Sequence[tuple[int, int | str | Sequence[str]]]
 """``[(epoch, blocks)]``: a count of blocks, ``"all"`` or block names, unfrozen at ``epoch``."""
@@ -197,6 +204,14 @@ class ProgressiveUnfreezing(BaseFinetuning):
                 "configure_optimizers must only pass parameters with requires_grad=True "
                 f"(frozen ones found: {frozen_in_optimizer[:3]}...)"
             )
+        unsupported = [type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs
+                       if isinstance(c.scheduler, UNSUPPORTED_SCHEDULERS)]
+        if unsupported:
+            raise MisconfigurationException(
+                f"ProgressiveUnfreezing cannot add param groups under {unsupported[0]}: it sets "
+                "per-group momentum/lr bounds only for the groups that exist when it is built. "
+                "Use LambdaLR, StepLR, MultiStepLR, ExponentialLR, CosineAnnealingLR or "
+                "ReduceLROnPlateau")
         self._extend_schedulers(trainer, optimizer)
         self._collect_frozen_bns(pl_module)
 
