@@ -80,6 +80,7 @@ class CXRDataModule(pl.LightningDataModule):
         split_seed: int = 0,
         cache_url: str | None = None,
         sample: dict | None = None,
+        channels: int = 3,
     ) -> None:
         super().__init__()
         if root is None:
@@ -97,6 +98,7 @@ class CXRDataModule(pl.LightningDataModule):
         self.cache_workers = cache_workers
         self.cache_url = cache_url
         self.augment = augment
+        self.channels = channels
         self.predict_split = "test"
         self.sample = sample
         self.manifest: pd.DataFrame | None = None
@@ -163,8 +165,8 @@ class CXRDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor],
                                 dataloader_idx: int) -> dict[str, torch.Tensor]:
-        """On the device: uint8 grey images -> ImageNet-normalised float, 3 channels."""
-        return {**batch, "image": normalise_batch(batch["image"])}
+        """On the device: uint8 grey images -> normalised float with ``channels`` channels."""
+        return {**batch, "image": normalise_batch(batch["image"], self.channels)}
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, training_augmentation() if self.augment else None)

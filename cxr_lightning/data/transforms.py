@@ -21,10 +21,24 @@ def training_augmentation() -> A.Compose:
     ])
 
 
-def normalise_batch(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, H, W) grey -> float (B, 3, H, W): grey replicated to 3 channels, then
-    ImageNet-normalised, ``(x / 255 - mean) / std``, on whatever device ``images`` is on."""
+GREY_MEAN: float = sum(IMAGENET_MEAN) / 3
+GREY_STD: float = sum(IMAGENET_STD) / 3
+
+
+def normalise_batch(images: torch.Tensor, channels: int = 3) -> torch.Tensor:
+    """uint8 (B, H, W) grey -> float (B, channels, H, W), ``(x / 255 - mean) / std``, on whatever
+    device ``images`` is on.
+
+    ``channels=3``: grey replicated to 3 channels, ImageNet's per-channel mean and std (the
+    study's input). ``channels=1``: one channel, the mean of ImageNet's means and stds, for a
+    backbone whose stem was collapsed to 1 channel (``model.in_channels=1``); it equals the
+    3-channel backbone on the grey image replicated and normalised with that one mean and std.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
     grey = images.unsqueeze(1).float().div_(255.0)
+    if channels == 1:
+        return (grey - GREY_MEAN) / GREY_STD
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
     return (grey - mean) / std

@@ -18,9 +18,10 @@ log = logging.getLogger(__name__)
 class CXRClassifier(pl.LightningModule):
     """A backbone with a fresh linear head, trained under one :class:`Formulation`.
 
-    Batches are dicts with ``image`` (N, 3, H, W) and ``labels`` (N, 2) float in FINDINGS order
-    (NaN where masked). Validation logs ``val/auroc/{finding}``, ``val/acc/{finding}`` and
-    ``val/auroc/mean``; :meth:`predict_step` returns the per-finding probabilities.
+    Batches are dicts with ``image`` (N, in_channels, H, W) and ``labels`` (N, 2) float in
+    FINDINGS order (NaN where masked). Validation logs ``val/auroc/{finding}``,
+    ``val/acc/{finding}`` and ``val/auroc/mean``; :meth:`predict_step` returns the per-finding
+    probabilities.
     """
 
     def __init__(
@@ -30,11 +31,12 @@ class CXRClassifier(pl.LightningModule):
         weights: str | None = "imagenet",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["formulation"])
         self.formulation = formulation
-        self.backbone, num_features = build_backbone(backbone, weights)
+        self.backbone, num_features = build_backbone(backbone, weights, in_channels)
         self.head = nn.Linear(num_features, formulation.num_outputs)
         self.val_auroc = nn.ModuleDict({f: BinaryAUROC() for f in formulation.findings})
         self.val_acc = nn.ModuleDict({f: BinaryAccuracy() for f in formulation.findings})
