@@ -26,6 +26,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BaseFinetuning
+from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
@@ -67,7 +68,8 @@ class ProgressiveUnfreezing(BaseFinetuning):
     where they stay once their block is unfrozen.
 
     Logs ``unfreeze/stage``, ``unfreeze/blocks`` (unfrozen block count) and
-    ``unfreeze/trainable_params`` every epoch, and the names of the blocks each stage unfreezes;
+    ``unfreeze/trainable_params`` every epoch, and the names of the blocks each stage unfreezes
+    (the log, and a W&B table ``unfreeze/stages`` of stage, start epoch and blocks);
     :attr:`history` (also in the checkpointed state) records every stage's start epoch and blocks.
     """
 
@@ -116,6 +118,7 @@ class ProgressiveUnfreezing(BaseFinetuning):
         self._wait = 0
         self._advance = False
         self._frozen_bns: list[_BatchNorm] = []
+        self._logged_stage: int | None = None
 
     @property
     def stage(self) -> int:
@@ -248,6 +251,14 @@ class ProgressiveUnfreezing(BaseFinetuning):
             ("trainable_params", trainable),
         ):
             pl_module.log(f"unfreeze/{key}", float(value), on_step=False, on_epoch=True)
+        if self.stage != self._logged_stage:
+            self._logged_stage = self.stage
+            rows = [[stage, entry["epoch"], ", ".join(entry["blocks"])]
+                    for stage, entry in enumerate(self._history)]
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.log_table("unfreeze/stages", columns=["stage", "epoch", "blocks"],
+                                     data=rows)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Feed ``monitor`` to the plateau trigger while a later stage remains."""
