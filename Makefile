@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test test-fast lint format clean bench-data bench-unfreeze
+.PHONY: install train test test-fast lint format clean bench-data bench-unfreeze report
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ bench-data: install
 ## BENCH_ARGS="--device cuda --bf16 ..." overrides), ~3 min on 2 idle cores.
 bench-unfreeze: install
 	$(BIN)/python experiments/bench_unfreeze.py --backbone resnet50 --size 224 --batch 16 $(BENCH_ARGS)
+
+## The study's tables and figures from a sweep: SWEEP=outputs/multiruns/<run> (default: newest).
+SWEEP ?=
+report: install
+	$(BIN)/python -m cxr_lightning.report $(SWEEP)
 
 lint: install
 	$(BIN)/ruff check cxr_lightning tests experiments

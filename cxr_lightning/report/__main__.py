@@ -1,0 +1,37 @@
+"""``python -m cxr_lightning.report [SWEEP_DIR] [--out DIR]``: a sweep's report.md and figures."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from cxr_lightning.report.build import write_report
+from cxr_lightning.report.load import newest_sweep
+
+log = logging.getLogger(__name__)
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m cxr_lightning.report",
+                                     description=__doc__.split(":", 1)[1].strip())
+    parser.add_argument("sweep_dir", type=Path, nargs="?", default=None,
+                        help="multirun directory (default: the newest under "
+                             "$CXR_LIGHTNING_HOME/outputs/multiruns, else ./outputs/multiruns)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default: SWEEP_DIR/report)")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Command-line entry point; returns the path of report.md."""
+    args = _parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    sweep_dir = args.sweep_dir if args.sweep_dir is not None else newest_sweep()
+    return write_report(sweep_dir, args.out)
+
+
+if __name__ == "__main__":
+    main()
