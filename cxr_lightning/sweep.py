@@ -31,16 +31,34 @@ def comparison_table(sweep_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["job", "formulation", *TABLE_METRICS])
 
 
+def failed_jobs(sweep_dir: Path) -> pd.DataFrame:
+    """One row per job under ``sweep_dir`` that recorded a failure (its failed.json)."""
+    rows = [{"job": path.parent.name, **{k: v for k, v in json.loads(path.read_text()).items()
+                                          if k in ("overrides", "error")}}
+            for path in sorted(Path(sweep_dir).glob("*/failed.json"))]
+    return pd.DataFrame(rows, columns=["job", "overrides", "error"])
+
+
 class ComparisonTable(Callback):
-    """Hydra callback: after a multirun, log the comparison table and save it as CSV/Markdown."""
+    """Hydra callback: after a multirun, log the comparison table and save it as CSV/text; list
+    the failed jobs (failed.txt) and end the multirun with exit status 1 when there are any."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         table = comparison_table(sweep_dir)
         if table.empty:
             log.warning("No job under %s wrote results.json; nothing to compare", sweep_dir)
-            return
-        table.to_csv(sweep_dir / "comparison.csv", index=False)
-        text = table.to_string(index=False, float_format=lambda v: f"{v:.3f}")
-        (sweep_dir / "comparison.txt").write_text(text + "\n")
-        log.info("Comparison of %d jobs in %s:\n%s", len(table), sweep_dir, text)
+        else:
+            table.to_csv(sweep_dir / "comparison.csv", index=False)
+            text = table.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+            (sweep_dir / "comparison.txt").write_text(text + "\n")
+            log.info("Comparison of %d jobs in %s:\n%s", len(table), sweep_dir, text)
+        failed = failed_jobs(sweep_dir)
+        if not failed.empty:
+            text = failed.to_string(index=False)
+            (sweep_dir / "failed.txt").write_text(text + "\n")
+            log.error(
+                "%d job(s) of the multirun in %s failed (the others completed); each job's "
+                "failed.json holds its traceback:\n%s\nFix the cause and re-run the same command "
+                "with hydra.sweep.dir=%s resume=true", len(failed), sweep_dir, text, sweep_dir)
+            raise SystemExit(1)  # Hydra turns a callback's exceptions into warnings

@@ -22,11 +22,14 @@ log = logging.getLogger(__name__)
 
 
 def member_loggers(cfg: DictConfig, output_dir: Path, member: str, prefix: str) -> list[Logger]:
-    """Loggers for one model of a job: a CSV log in the output directory, and the job's W&B run.
+    """Loggers for one model of a job: a CSV log in the output directory (``logger.csv``), and
+    the job's W&B run (``logger.wandb.enabled``).
 
     Every model of one job shares one W&B run; ``prefix`` keeps their curves apart (binary).
     """
-    loggers: list[Logger] = [CSVLogger(save_dir=str(output_dir), name="csv", version=member)]
+    loggers: list[Logger] = []
+    if cfg.logger.csv:
+        loggers.append(CSVLogger(save_dir=str(output_dir), name="csv", version=member))
     wandb_cfg = cfg.logger.wandb
     if wandb_cfg.enabled:
         loggers.append(WandbLogger(
@@ -60,8 +63,9 @@ def log_job_summary(summary: dict[str, Any]) -> None:
     wandb.run.summary.update({k: v for k, v in summary.items() if isinstance(v, int | float)})
 
 
-def finish_tracking() -> None:
-    """Close the job's W&B run, so multiruns and failures leave no dangling run."""
+def finish_tracking(failed: bool = False) -> None:
+    """Close the job's W&B run (marked failed when ``failed``), so multiruns and failures leave
+    no dangling run."""
     if wandb.run is not None:
         log.info("W&B run files: %s", Path(wandb.run.dir).parent)
-        wandb.finish()
+        wandb.finish(exit_code=1 if failed else 0)

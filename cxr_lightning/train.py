@@ -5,22 +5,36 @@ formulations as a Hydra multirun and ends with a comparison table. Without MIMIC
 (``data.root=...`` or the environment variable ``MIMIC_CXR_ROOT``) the ``preset=sample`` overlay
 is selected: the embedded MIMIC-CXR-format sample with a small, fast model. Otherwise the base
 config is the study's: ResNet152 at 512x512, ImageNet weights.
+
+Every job writes ``config_resolved.yaml`` first, then ``results.json`` when it completes, or
+``failed.json`` (the error and its traceback) when it fails: a failed job is recorded and the
+rest of the sweep goes on. With ``resume=true``, a job whose ``results.json`` is complete is
+skipped. Under DDP every rank trains; rank zero alone predicts and writes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import secrets
 import sys
+import traceback
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from cxr_lightning.callbacks.stage_best import StageBest
 from cxr_lightning.callbacks.timing import EpochTimer
 from cxr_lightning.data.cohort import cohort_summary
 from cxr_lightning.data.datamodule import CXRDataModule
@@ -34,11 +48,28 @@ log = logging.getLogger(__name__)
 
 BN_CALIBRATION_BATCHES = 20
 PROJECT_CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+RUN_TOKEN_VARIABLE = "CXR_LIGHTNING_RUN_TOKEN"
+
+
+def run_token() -> str:
+    """A random token per launch, shared with the processes it starts (DDP ranks): the
+    ``${unique:}`` in run and sweep directory names, so two launches never collide."""
+    return os.environ.setdefault(RUN_TOKEN_VARIABLE, secrets.token_hex(3))
+
+
+if not OmegaConf.has_resolver("unique"):
+    OmegaConf.register_new_resolver("unique", run_token, use_cache=True)
 
 
 def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
-                 datamodule: CXRDataModule, output_dir: Path) -> MemberResult:
-    """Fit one model with progressive unfreezing; predict test and val with its best weights."""
+                 datamodule: CXRDataModule, output_dir: Path
+                 ) -> tuple[MemberResult, list[dict[str, Any]]] | None:
+    """Fit one model with progressive unfreezing; predict test and val with its best weights.
+
+    Returns the result and the per-stage records (:class:`StageBest`; with ``stage_metrics``,
+    each stage's best checkpoint is tested too), or ``None`` on DDP ranks other than zero,
+    which only train.
+    """
     name = plan.member_name(member)
     member.fit_to_training_labels(datamodule.train_labels())
     model = CXRClassifier(member, **cfg.model)
@@ -48,9 +79,13 @@ def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
     callbacks = [unfreezing, timer, *(instantiate(c) for c in cfg.callbacks.values())]
     checkpoint = next(c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint))
     checkpoint.dirpath = str(checkpoint_dir)
+    stages = StageBest(unfreezing, monitor=checkpoint.monitor, mode=checkpoint.mode,
+                       dirpath=checkpoint_dir / "stages" if cfg.stage_metrics else None)
+    callbacks.append(stages)
     prefix = "" if len(plan.members) == 1 else "-".join(member.findings)
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=member_loggers(cfg, output_dir, name, prefix))
+    refuse_relaunch_in_multirun(trainer)
     last = checkpoint_dir / "last.ckpt"
     resume_from = str(last) if cfg.resume and last.is_file() else None
     if resume_from:
@@ -62,50 +97,130 @@ def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
         calibrate_batchnorm(model.backbone, (datamodule.on_after_batch_transfer(batch, 0)["image"]
                                              for batch in calibration))
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
-    # read before predict(): loading the best checkpoint restores the callbacks' earlier state
-    epochs, epoch_times_s = trainer.current_epoch, list(timer.epoch_times_s)
-    unfreeze_history = unfreezing.history
+    if not trainer.is_global_zero:
+        return None
+    # One device predicts, without the training callbacks (a checkpoint would restore them).
+    predictor = pl.Trainer(accelerator=trainer.strategy.root_device.type, devices=1,
+                           precision=cfg.trainer.precision, logger=False,
+                           enable_checkpointing=False, enable_model_summary=False)
     probabilities = {}
     for split in ("test", "val"):
         datamodule.predict_split = split
-        probabilities[split] = trainer.predict(model, datamodule=datamodule, ckpt_path="best")
-    return MemberResult(
+        probabilities[split] = predictor.predict(model, datamodule=datamodule,
+                                                 ckpt_path=checkpoint.best_model_path)
+    result = MemberResult(
         name=name,
         findings=member.findings,
-        epochs=epochs,
-        epoch_times_s=epoch_times_s,
-        unfreeze_history=unfreeze_history,
+        epochs=trainer.current_epoch,
+        epoch_times_s=list(timer.epoch_times_s),
+        unfreeze_history=unfreezing.history,
         best_val_auroc_mean=float(checkpoint.best_model_score),
         best_checkpoint=checkpoint.best_model_path,
         probabilities=probabilities,
     )
+    return result, stages.records
+
+
+def refuse_relaunch_in_multirun(trainer: pl.Trainer) -> None:
+    """Lightning's DDP launcher re-runs the command line for each rank: inside a local Hydra
+    multirun that would start the whole sweep again in every rank."""
+    if (isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher)
+            and not trainer.strategy.cluster_environment.creates_processes_externally
+            and HydraConfig.get().mode == RunMode.MULTIRUN):
+        raise MisconfigurationException(
+            "trainer=ddp in a local multirun would relaunch the sweep in every rank: run the "
+            "jobs one at a time (without -m), with hydra/launcher=slurm, or under torchrun")
+
+
+def job_overrides() -> list[str]:
+    """The job's command-line overrides that define it (``resume`` only says how it runs)."""
+    return [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
+
+
+def completed_results(output_dir: Path) -> dict[str, Any] | None:
+    """The job's results.json when it is complete (written atomically), else ``None``."""
+    path = output_dir / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise RuntimeError(f"{path} is not valid JSON ({error}): delete it to re-run the "
+                           "job") from error
+    return results if {"metrics", "overrides"} <= set(results) else None
+
+
+def optimized_value(cfg: DictConfig, results: dict[str, Any]) -> float:
+    """The metric the sweeper optimises, ``optimized_metric``, from a job's results."""
+    metrics = results["metrics"]
+    if cfg.optimized_metric not in metrics:
+        raise KeyError(f"optimized_metric={cfg.optimized_metric!r} is not among the job's "
+                       f"metrics: {sorted(k for k in metrics if '/' in k)[:20]}...")
+    return float(metrics[cfg.optimized_metric])
 
 
 def run_job(cfg: DictConfig) -> float:
     """One job: data, every model of the formulation, test metrics, results.json. Returns the
-    mean of the models' best ``val/auroc/mean`` (the sweep's optimisation metric)."""
+    job's ``optimized_metric``. A failure is recorded in failed.json; in a multirun the job then
+    returns NaN (Optuna marks the trial failed) and the sweep goes on, a single run re-raises."""
     output_dir = Path(HydraConfig.get().runtime.output_dir)
+    overrides = job_overrides()
+    done = completed_results(output_dir) if cfg.resume else None
+    if done is not None:
+        if done["overrides"] != overrides:
+            raise ValueError(f"resume=true: {output_dir} holds the results of overrides "
+                             f"{done['overrides']}, not {overrides}; re-run the sweep with the "
+                             "same arguments or in a new directory")
+        log.info("resume=true: %s is complete (results.json); skipping it", output_dir)
+        return optimized_value(cfg, done)
+    if rank_zero_only.rank == 0:
+        (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (output_dir / "failed.json").unlink(missing_ok=True)
+    try:
+        results = train_and_test(cfg, output_dir)
+    except Exception as error:  # a failed job is recorded; the sweep goes on
+        if rank_zero_only.rank != 0:
+            raise
+        log.exception("Job %s failed", output_dir)
+        (output_dir / "failed.json").write_text(json.dumps({
+            "overrides": overrides, "error": f"{type(error).__name__}: {error}",
+            "traceback": traceback.format_exc()}, indent=2))
+        finish_tracking(failed=True)
+        if HydraConfig.get().mode == RunMode.RUN:
+            raise
+        return float("nan")
+    finish_tracking()
+    if results is None:  # a DDP rank other than zero
+        return float("nan")
+    return optimized_value(cfg, results)
+
+
+def train_and_test(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
+    """Train every model of the job's formulation; on rank zero, write and return results."""
     pl.seed_everything(cfg.seed, workers=True)
     if cfg.data.get("sample") is not None:
-        log.info("MIMIC-CXR is not configured (data.root / MIMIC_CXR_ROOT): running on the "
-                 "embedded MIMIC-CXR-format sample in %s", cfg.data.root)
+        log.info("Running on the embedded MIMIC-CXR-format sample in %s (MIMIC-CXR itself: "
+                 "data.root=... or MIMIC_CXR_ROOT)", cfg.data.root)
     datamodule: CXRDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
+    plan: FormulationPlan = instantiate(cfg.formulation.plan)
+    trained = [train_member(cfg, plan, m, datamodule, output_dir) for m in plan.members]
+    if rank_zero_only.rank != 0:
+        return None
+    members = [member for member, _ in trained]
     datamodule.manifest.to_csv(output_dir / "manifest.csv", index=False)  # the job's cohort
     cohort_summary(datamodule.manifest, datamodule.cohort_report).to_csv(output_dir / "cohort.csv")
-    plan: FormulationPlan = instantiate(cfg.formulation.plan)
-    try:
-        members = [train_member(cfg, plan, m, datamodule, output_dir) for m in plan.members]
-        predictions, val_predictions = (
-            predictions_table(datamodule.split_manifest(split), members, split)
-            for split in ("test", "val"))
-        results = job_results(cfg, plan.name, members, predictions, val_predictions,
-                              datamodule.cohort_report)
-        write_results(output_dir, results)
-        log_job_summary(results["metrics"])
-    finally:
-        finish_tracking()
-    return sum(m.best_val_auroc_mean for m in members) / len(members)
+    predictions, val_predictions = (
+        predictions_table(datamodule.split_manifest(split), members, split)
+        for split in ("test", "val"))
+    results = job_results(cfg, plan.name, members, predictions, val_predictions,
+                          datamodule.cohort_report)
+    results["overrides"] = job_overrides()
+    for record, (_, stages) in zip(results["members"], trained, strict=True):
+        record["stages"] = stages
+    write_results(output_dir, results)
+    log_job_summary(results["metrics"])
+    return results
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_CONF_DIR), config_name="train")
