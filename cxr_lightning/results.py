@@ -14,7 +14,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cxr_lightning.data.manifest import CohortReport
-from cxr_lightning.evaluation.metrics import finding_metrics, probability_column
+from cxr_lightning.evaluation.bootstrap import CI_LEVEL, N_BOOTSTRAP
+from cxr_lightning.evaluation.evaluate import evaluate_predictions
+from cxr_lightning.evaluation.metrics import probability_column
+from cxr_lightning.evaluation.thresholds import TARGET_SENSITIVITY, operating_thresholds
 from cxr_lightning.findings import FINDINGS
 
 log = logging.getLogger(__name__)
@@ -59,19 +62,43 @@ def predictions_table(manifest: pd.DataFrame, members: list[MemberResult],
     return table
 
 
+def evaluation_settings(cfg: DictConfig) -> dict[str, Any]:
+    """How the job is evaluated: ``evaluation.n_bootstrap`` and ``evaluation.target_sensitivity``
+    from the config when set (defaults 2000 and 0.9), the bootstrap seeded by ``seed``."""
+    return {
+        "n_bootstrap": int(OmegaConf.select(cfg, "evaluation.n_bootstrap",
+                                            default=N_BOOTSTRAP)),
+        "target_sensitivity": float(OmegaConf.select(cfg, "evaluation.target_sensitivity",
+                                                     default=TARGET_SENSITIVITY)),
+        "seed": int(OmegaConf.select(cfg, "seed", default=0)),
+        "ci_level": CI_LEVEL,
+        "ci_method": "patient-level cluster bootstrap (subject_id), percentile interval",
+        "decision_rule": "positive when probability > threshold",
+    }
+
+
 def job_results(cfg: DictConfig, formulation: str, members: list[MemberResult],
                 predictions: pd.DataFrame, val_predictions: pd.DataFrame,
                 cohort: CohortReport) -> dict[str, Any]:
-    """The results.json content: metrics, training statistics, cohort, members, config, and the
-    per-image test (``predictions``) and validation (``val_predictions``) probabilities."""
+    """The results.json content: metrics (every key of
+    :func:`~cxr_lightning.evaluation.evaluate.evaluate_predictions`, CIs included), the
+    operating ``thresholds`` chosen on validation (finding -> {"0.5": 0.5, "youden": t,
+    "sens90": t}, applied as ``probability > t``), the ``evaluation`` settings, training
+    statistics, cohort, members, config, and the per-image test (``predictions``) and
+    validation (``val_predictions``) probabilities."""
+    settings = evaluation_settings(cfg)
+    thresholds = operating_thresholds(val_predictions, settings["target_sensitivity"])
+    metrics = evaluate_predictions(predictions, val_predictions, thresholds=thresholds,
+                                   n_bootstrap=settings["n_bootstrap"], seed=settings["seed"])
     epoch_times = [t for m in members for t in m.epoch_times_s]
-    metrics = finding_metrics(predictions, stage="test")
     metrics["train/epochs"] = sum(m.epochs for m in members)
     metrics["train/total_time_s"] = sum(epoch_times)
     metrics["train/epoch_time_s"] = sum(epoch_times) / max(len(epoch_times), 1)
     return {
         "formulation": formulation,
         "metrics": metrics,
+        "thresholds": thresholds,
+        "evaluation": settings,
         "members": [{k: v for k, v in asdict(m).items() if k != "probabilities"}
                     for m in members],
         "cohort": asdict(cohort),
@@ -87,7 +114,11 @@ def write_results(output_dir: Path, results: dict[str, Any]) -> Path:
     partial = path.with_suffix(".json.partial")
     partial.write_text(json.dumps(results, indent=2))
     partial.replace(path)
-    summary = ", ".join(f"{k}={results['metrics'][k]:.3f}" for k in
+    summary = ", ".join(f"{k}={_formatted(results['metrics'][k])}" for k in
                         (f"test/{m}/{f}" for m in ("auroc", "acc") for f in FINDINGS))
     log.info("%s: %s -> %s", results["formulation"], summary, path)
     return path
+
+
+def _formatted(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"

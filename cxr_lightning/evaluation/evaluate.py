@@ -1,0 +1,157 @@
+"""The evaluation of one job: every metric, per subset, with patient-bootstrap CIs.
+
+Key scheme of the returned flat dict (also results.json ``metrics`` and the W&B summary):
+
+- ``{stage}/{metric}/{finding}``, with ``stage`` one of ``test``, ``test_discordant``,
+  ``test_concordant``, ``test_view_{VIEW}`` (:mod:`cxr_lightning.evaluation.subgroups`) and
+  ``val`` (point estimates at 0.5 only: the operating points are chosen there);
+- ``metric``: ``n``, ``n_pos``, ``auroc``, ``auprc``, ``brier``, ``ece``, and at each operating
+  point ``acc``, ``sens``, ``spec``, ``ppv``, ``npv``, ``confusion`` ([[TN, FP], [FN, TP]]),
+  without suffix at 0.5, with ``_youden`` and ``_sens90`` at the thresholds chosen on
+  validation (:mod:`cxr_lightning.evaluation.thresholds`);
+- 95% CIs of every scalar metric except the counts: ``{stage}/{metric}/{finding}_ci_low`` and
+  ``_ci_high`` (patient-level cluster bootstrap, percentile);
+- ``{stage}/auroc/mean`` (mean over findings, with CI), ``{stage}/joint_acc/all`` (fraction of
+  images with both labels known whose predicted pair at 0.5 equals the truth, with CI) and
+  ``{stage}/n/all`` (those images);
+- ``val/threshold_youden/{finding}``, ``val/threshold_sens90/{finding}``: the chosen thresholds.
+
+Undefined values (a subset without positives has no AUROC) are ``None``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from torchmetrics.functional.classification import multilabel_exact_match
+from tqdm.auto import tqdm
+
+from cxr_lightning.evaluation.bootstrap import (
+    CI_LEVEL,
+    N_BOOTSTRAP,
+    ClusterBootstrap,
+    cluster_bootstrap,
+    percentile_interval,
+)
+from cxr_lightning.evaluation.metrics import (
+    DEFAULT_OPERATING_POINT,
+    N_CALIBRATION_BINS,
+    THRESHOLD,
+    known_labels,
+    point_metrics,
+    probability_column,
+)
+from cxr_lightning.evaluation.resampled import additive_metrics, rank_metrics, resampled_accuracy
+from cxr_lightning.evaluation.subgroups import both_labels_known, stage_masks
+from cxr_lightning.evaluation.thresholds import TARGET_SENSITIVITY, operating_thresholds
+from cxr_lightning.findings import FINDINGS
+
+log = logging.getLogger(__name__)
+
+Metrics = dict[str, float | int | list | None]
+
+
+def _add_interval(metrics: Metrics, key: str, replicates: np.ndarray, level: float) -> None:
+    low, high = percentile_interval(replicates, level, name=key)
+    metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"] = float(low), float(high)
+
+
+def _finding_metrics(table: pd.DataFrame, stage: str, finding: str,
+                     thresholds: Mapping[str, float], bootstrap: ClusterBootstrap | None,
+                     level: float, n_bins: int) -> tuple[Metrics, np.ndarray | None]:
+    """One finding's metrics on one stage, and its AUROC replicates (None without bootstrap)."""
+    target, probability = known_labels(table, finding)
+    metrics: Metrics = {f"{stage}/{name}/{finding}": value for name, value in
+                        point_metrics(target, probability, thresholds, n_bins).items()}
+    if bootstrap is None or len(target) == 0:
+        return metrics, None
+    labelled = bootstrap.subset(table[finding].notna().to_numpy())
+    replicates = {**rank_metrics(labelled, target, probability),
+                  **additive_metrics(labelled, target, probability, thresholds, n_bins)}
+    for name, values in replicates.items():
+        _add_interval(metrics, f"{stage}/{name}/{finding}", values, level)
+    return metrics, replicates["auroc"]
+
+
+def _joint_accuracy(table: pd.DataFrame, stage: str, bootstrap: ClusterBootstrap | None,
+                    level: float) -> Metrics:
+    """Exact-match accuracy of the (edema, effusion) pair at 0.5 on images with both labels."""
+    both = both_labels_known(table).to_numpy()
+    if not both.any():
+        return {}
+    labels = torch.tensor(table.loc[both, list(FINDINGS)].to_numpy(), dtype=torch.long)
+    probabilities = torch.tensor(
+        table.loc[both, [probability_column(f) for f in FINDINGS]].to_numpy(),
+        dtype=torch.float64)
+    key = f"{stage}/joint_acc/all"
+    metrics: Metrics = {f"{stage}/n/all": int(both.sum()), key: float(multilabel_exact_match(
+        probabilities, labels, num_labels=len(FINDINGS), threshold=THRESHOLD))}
+    if bootstrap is not None:
+        correct = ((probabilities > THRESHOLD) == (labels == 1)).all(dim=1).numpy()
+        _add_interval(metrics, key, resampled_accuracy(bootstrap.subset(both), correct), level)
+    return metrics
+
+
+def stage_metrics(table: pd.DataFrame, stage: str,
+                  thresholds: Mapping[str, Mapping[str, float]], *,
+                  n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, level: float = CI_LEVEL,
+                  n_bins: int = N_CALIBRATION_BINS) -> Metrics:
+    """Every metric of one set of images (keys ``{stage}/...``), with bootstrap CIs unless
+    ``n_bootstrap`` is 0. ``thresholds``: per finding, operating point name -> threshold."""
+    if n_bootstrap and "subject_id" not in table.columns:
+        raise ValueError(f"{stage} predictions lack subject_id: the patient-level bootstrap "
+                         "needs each image's patient (results.json predictions hold it)")
+    bootstrap = (cluster_bootstrap(table["subject_id"], n_bootstrap, seed)
+                 if n_bootstrap else None)
+    metrics: Metrics = {}
+    auroc_replicates = []
+    for finding in FINDINGS:
+        values, replicates = _finding_metrics(table, stage, finding, thresholds[finding],
+                                              bootstrap, level, n_bins)
+        metrics.update(values)
+        auroc_replicates.append(replicates)
+    metrics[f"{stage}/auroc/mean"] = float(np.mean([metrics[f"{stage}/auroc/{f}"]
+                                                    for f in FINDINGS]))
+    if all(r is not None for r in auroc_replicates):
+        _add_interval(metrics, f"{stage}/auroc/mean", np.mean(auroc_replicates, axis=0), level)
+    metrics.update(_joint_accuracy(table, stage, bootstrap, level))
+    return metrics
+
+
+def _json_safe(metrics: Metrics) -> Metrics:
+    """NaN (undefined) -> None, so results.json stays valid JSON."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
+
+
+def evaluate_predictions(test: pd.DataFrame, val: pd.DataFrame | None = None, *,
+                         n_bootstrap: int = N_BOOTSTRAP, seed: int = 0,
+                         target_sensitivity: float = TARGET_SENSITIVITY,
+                         level: float = CI_LEVEL,
+                         thresholds: Mapping[str, Mapping[str, float]] | None = None) -> Metrics:
+    """All metrics of a job from its test (and validation) predictions, as a flat dict in the
+    key scheme of this module's docstring. ``test``/``val``: one row per image with
+    ``subject_id``, ``view``, the labels (0/1, NaN when masked) and ``{finding}_prob``.
+    Thresholds are chosen on ``val`` only (:func:`operating_thresholds`), unless the caller
+    passes the ones it already chose there as ``thresholds``; CIs resample patients
+    ``n_bootstrap`` times, seeded by ``seed``."""
+    if thresholds is None:
+        thresholds = operating_thresholds(val, target_sensitivity)
+    masks = stage_masks(test, "test")
+    metrics: Metrics = {}
+    for stage, mask in tqdm(masks.items(), desc="Evaluating (bootstrap CIs)", unit="subset",
+                            disable=None):
+        metrics.update(stage_metrics(test[mask], stage, thresholds, n_bootstrap=n_bootstrap,
+                                     seed=seed, level=level))
+    if val is not None:
+        at_half = {f: {DEFAULT_OPERATING_POINT: THRESHOLD} for f in FINDINGS}
+        metrics.update(stage_metrics(val, "val", at_half, n_bootstrap=0))
+    for finding, chosen in thresholds.items():
+        for name, threshold in chosen.items():
+            if name != DEFAULT_OPERATING_POINT:
+                metrics[f"val/threshold_{name}/{finding}"] = threshold
+    return _json_safe(metrics)
