@@ -60,11 +60,16 @@ def jobs_markdown(jobs_frame: pd.DataFrame) -> str:
 
 
 def stage_metric_keys(frame: pd.DataFrame) -> list[str]:
-    """The metric columns of a Table 1 frame, in FINDINGS order after the ``mean``."""
+    """The metric columns of a Table 1 frame: validation then test, AUROC first, findings
+    in FINDINGS order after the ``mean``."""
     keys = [c for c in frame.columns if c.count("/") == 2 and not c.endswith(("_sd", *CI_SUFFIXES))]
     order = {name: i for i, name in enumerate(("mean", *FINDINGS))}
-    return sorted(keys, key=lambda k: (k.split("/")[0] != "val", k.split("/")[1],
-                                       order.get(k.split("/")[2], len(order))))
+
+    def position(key: str) -> tuple:
+        stage, metric, finding = key.split("/")
+        return stage != "val", metric != "auroc", metric, order.get(finding, len(order))
+
+    return sorted(keys, key=position)
 
 
 def stage_rows_markdown(rows: pd.DataFrame) -> str:

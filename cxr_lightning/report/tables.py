@@ -76,7 +76,8 @@ def stage_rows(jobs: list[JobResult]) -> tuple[pd.DataFrame, list[str]]:
                              "member": member["name"],
                              **{c: stage[c] for c in STAGE_COLUMNS if c != "blocks"},
                              "blocks": ", ".join(stage["blocks"]) or "(head only)",
-                             **stage["metrics"]})
+                             **{k: v for k, v in stage["metrics"].items()
+                                if not isinstance(v, list)}})  # confusion matrices left out
     return pd.DataFrame(rows), without
 
 
@@ -137,18 +138,19 @@ def consistency_checks(jobs: list[JobResult]) -> pd.DataFrame:
     rows = []
     for job in jobs:
         for key, recomputed in finding_metrics(job.predictions, stage="test").items():
-            stored = job.metrics.get(key)
-            if stored is None or _agrees(stored, recomputed):
+            if key not in job.metrics or _agrees(job.metrics[key], recomputed):
                 continue
-            rows.append({"job": job.name, "key": key, "stored": stored, "recomputed": recomputed})
+            rows.append({"job": job.name, "key": key, "stored": job.metrics[key],
+                         "recomputed": recomputed})
             log.warning("%s: %s is %s in results.json but %s from its predictions",
-                        job.path, key, stored, recomputed)
+                        job.path, key, job.metrics[key], recomputed)
     return pd.DataFrame(rows, columns=["job", "key", "stored", "recomputed"])
 
 
-def _agrees(stored: float | list, recomputed: float | list) -> bool:
+def _agrees(stored: float | list | None, recomputed: float | list) -> bool:
     if isinstance(recomputed, list):
         return stored == recomputed
+    stored = math.nan if stored is None else stored  # results.json stores undefined as null
     if math.isnan(stored) or math.isnan(recomputed):  # undefined (one class) in both, or not
         return math.isnan(stored) and math.isnan(recomputed)
     return math.isclose(stored, recomputed, abs_tol=CONSISTENCY_TOLERANCE)
