@@ -74,18 +74,23 @@ def resampled_sums(bootstrap: ClusterBootstrap, values: np.ndarray) -> np.ndarra
     return bootstrap.counts @ cluster_sums(bootstrap.codes, values, bootstrap.n_clusters)
 
 
-def percentile_interval(replicates: np.ndarray, level: float = CI_LEVEL,
-                        name: str = "metric") -> tuple[np.ndarray, np.ndarray]:
+def percentile_interval(replicates: np.ndarray, level: float = CI_LEVEL, name: str = "metric",
+                        undefined: dict[str, float] | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval along axis 0 of bootstrap replicates (B, ...).
 
     Replicates where the metric is undefined (NaN: e.g. a resample without positives) are left
-    out, with a warning naming ``name`` when they exceed 1%; all-undefined gives NaN.
+    out; all-undefined gives NaN. When more than 1% (but not all) are undefined, the share is
+    recorded under ``name`` in ``undefined`` if given, else logged as a warning.
     """
     replicates = np.asarray(replicates, dtype=np.float64)
-    undefined = np.isnan(replicates).mean(axis=0)
-    if np.any((undefined > 0.01) & (undefined < 1)):
-        log.warning("%s: undefined in up to %.1f%% of the bootstrap resamples; its interval "
-                    "comes from the others", name, 100 * float(np.max(undefined)))
+    share = float(np.max(np.isnan(replicates).mean(axis=0)))
+    if 0.01 < share < 1:
+        if undefined is None:
+            log.warning("%s: undefined in up to %.1f%% of the bootstrap resamples; its interval "
+                        "comes from the others", name, 100 * share)
+        else:
+            undefined[name] = share
     tail = (1 - level) / 2
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)

@@ -56,14 +56,16 @@ log = logging.getLogger(__name__)
 Metrics = dict[str, float | int | list | None]
 
 
-def _add_interval(metrics: Metrics, key: str, replicates: np.ndarray, level: float) -> None:
-    low, high = percentile_interval(replicates, level, name=key)
+def _add_interval(metrics: Metrics, key: str, replicates: np.ndarray, level: float,
+                  undefined: dict[str, float]) -> None:
+    low, high = percentile_interval(replicates, level, name=key, undefined=undefined)
     metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"] = float(low), float(high)
 
 
 def _finding_metrics(table: pd.DataFrame, stage: str, finding: str,
                      thresholds: Mapping[str, float], bootstrap: ClusterBootstrap | None,
-                     level: float, n_bins: int) -> tuple[Metrics, np.ndarray | None]:
+                     level: float, n_bins: int, undefined: dict[str, float]
+                     ) -> tuple[Metrics, np.ndarray | None]:
     """One finding's metrics on one stage, and its AUROC replicates (None without bootstrap)."""
     target, probability = known_labels(table, finding)
     metrics: Metrics = {f"{stage}/{name}/{finding}": value for name, value in
@@ -74,12 +76,12 @@ def _finding_metrics(table: pd.DataFrame, stage: str, finding: str,
     replicates = {**rank_metrics(labelled, target, probability),
                   **additive_metrics(labelled, target, probability, thresholds, n_bins)}
     for name, values in replicates.items():
-        _add_interval(metrics, f"{stage}/{name}/{finding}", values, level)
+        _add_interval(metrics, f"{stage}/{name}/{finding}", values, level, undefined)
     return metrics, replicates["auroc"]
 
 
 def _joint_accuracy(table: pd.DataFrame, stage: str, bootstrap: ClusterBootstrap | None,
-                    level: float) -> Metrics:
+                    level: float, undefined: dict[str, float]) -> Metrics:
     """Exact-match accuracy of the (edema, effusion) pair at 0.5 on images with both labels."""
     both = both_labels_known(table).to_numpy()
     if not both.any():
@@ -93,7 +95,8 @@ def _joint_accuracy(table: pd.DataFrame, stage: str, bootstrap: ClusterBootstrap
         probabilities, labels, num_labels=len(FINDINGS), threshold=THRESHOLD))}
     if bootstrap is not None:
         correct = ((probabilities > THRESHOLD) == (labels == 1)).all(dim=1).numpy()
-        _add_interval(metrics, key, resampled_accuracy(bootstrap.subset(both), correct), level)
+        _add_interval(metrics, key, resampled_accuracy(bootstrap.subset(both), correct), level,
+                      undefined)
     return metrics
 
 
@@ -110,16 +113,23 @@ def stage_metrics(table: pd.DataFrame, stage: str,
                  if n_bootstrap else None)
     metrics: Metrics = {}
     auroc_replicates = []
+    undefined: dict[str, float] = {}
     for finding in FINDINGS:
         values, replicates = _finding_metrics(table, stage, finding, thresholds[finding],
-                                              bootstrap, level, n_bins)
+                                              bootstrap, level, n_bins, undefined)
         metrics.update(values)
         auroc_replicates.append(replicates)
     metrics[f"{stage}/auroc/mean"] = float(np.mean([metrics[f"{stage}/auroc/{f}"]
                                                     for f in FINDINGS]))
     if all(r is not None for r in auroc_replicates):
-        _add_interval(metrics, f"{stage}/auroc/mean", np.mean(auroc_replicates, axis=0), level)
-    metrics.update(_joint_accuracy(table, stage, bootstrap, level))
+        _add_interval(metrics, f"{stage}/auroc/mean", np.mean(auroc_replicates, axis=0), level,
+                      undefined)
+    metrics.update(_joint_accuracy(table, stage, bootstrap, level, undefined))
+    if undefined:
+        log.warning("%s: %d metrics are undefined in some bootstrap resamples (no positives, "
+                    "negatives or positive calls drawn); their CIs use the others: %s", stage,
+                    len(undefined), ", ".join(f"{k.split('/', 1)[1]} {100 * v:.0f}%"
+                                              for k, v in undefined.items()))
     return metrics
 
 
