@@ -29,31 +29,40 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def random_predictions(seed: int, n: int = 40, masked: int = 3) -> pd.DataFrame:
-    """A test split: random labels (``masked`` NaN per finding) and probabilities loosely
-    correlated with them, rounded to 2 decimals so that ties occur."""
-    rng = np.random.default_rng(seed)
+    """One run's predictions on a test split: the images, patients and labels are the same for
+    every ``seed`` (``masked`` NaN labels per finding), the probabilities are the seed's,
+    loosely correlated with the labels and rounded to 2 decimals so that ties occur."""
+    split, run = np.random.default_rng(0), np.random.default_rng(seed)
     table = pd.DataFrame({"image_id": [f"img{i}" for i in range(n)],
-                          "subject_id": rng.integers(1, 20, n), "study_id": np.arange(n),
+                          "subject_id": split.integers(1, 20, n), "study_id": np.arange(n),
                           "view": "PA"})
     for finding in FINDINGS:
-        labels = rng.integers(0, 2, n).astype(float)
-        probability = np.clip(0.3 * labels + rng.uniform(0, 0.7, n), 0, 1).round(2)
-        labels[rng.choice(n, masked, replace=False)] = np.nan
+        labels = split.integers(0, 2, n).astype(float)
+        probability = np.clip(0.3 * labels + run.uniform(0, 0.7, n), 0, 1).round(2)
+        labels[split.choice(n, masked, replace=False)] = np.nan
         table[finding], table[f"{finding}_prob"] = labels, probability
     return table
 
 
-def reference_metrics(predictions: pd.DataFrame) -> dict:
-    """Test metrics of a predictions table with scikit-learn, in results.json's key scheme."""
+def discordant(predictions: pd.DataFrame) -> pd.DataFrame:
+    """The images with both labels known and exactly one finding present."""
+    labels = predictions[list(FINDINGS)]
+    return predictions[labels.notna().all(axis=1) & (labels.sum(axis=1) == 1)]
+
+
+def reference_metrics(predictions: pd.DataFrame, stage: str = "test") -> dict:
+    """Metrics of a predictions table with scikit-learn, in results.json's key scheme."""
     metrics: dict = {}
     for finding in FINDINGS:
         known = predictions.dropna(subset=[finding])
         y, p = known[finding].astype(int), known[f"{finding}_prob"]
-        metrics[f"test/n/{finding}"] = len(known)
-        metrics[f"test/acc/{finding}"] = accuracy_score(y, p > 0.5)
-        metrics[f"test/auroc/{finding}"] = roc_auc_score(y, p)
-        metrics[f"test/confusion/{finding}"] = confusion_matrix(y, p > 0.5, labels=[0, 1]).tolist()
-    metrics["test/auroc/mean"] = float(np.mean([metrics[f"test/auroc/{f}"] for f in FINDINGS]))
+        metrics[f"{stage}/n/{finding}"] = len(known)
+        metrics[f"{stage}/acc/{finding}"] = accuracy_score(y, p > 0.5)
+        metrics[f"{stage}/auroc/{finding}"] = roc_auc_score(y, p)
+        metrics[f"{stage}/confusion/{finding}"] = confusion_matrix(y, p > 0.5,
+                                                                   labels=[0, 1]).tolist()
+    metrics[f"{stage}/auroc/mean"] = float(np.mean([metrics[f"{stage}/auroc/{f}"]
+                                                    for f in FINDINGS]))
     return metrics
 
 
@@ -75,8 +84,10 @@ def stage_records(findings: tuple[str, ...], offset: float) -> list[dict]:
 def write_job(sweep_dir: Path, num: int, formulation: str, predictions: pd.DataFrame, *,
               overrides: dict[str, str] | None = None,
               epoch_times_s: tuple[float, ...] = (1.0, 2.0), stages: bool = False,
-              ci: dict[str, tuple[float, float]] | None = None, hydra_dir: bool = True) -> Path:
-    """Write ``sweep_dir/<num>_<formulation>/results.json`` (and ``.hydra/overrides.yaml``)."""
+              ci: dict[str, tuple[float, float]] | None = None, hydra_dir: bool = True,
+              subsets: bool = False) -> Path:
+    """Write ``sweep_dir/<num>_<formulation>/results.json`` (and ``.hydra/overrides.yaml``);
+    ``subsets``: also the ``test_discordant/...`` metrics."""
     job_dir = sweep_dir / f"{num}_{formulation}"
     job_dir.mkdir(parents=True)
     overrides = {"formulation": formulation, **(overrides or {})}
@@ -93,6 +104,8 @@ def write_job(sweep_dir: Path, num: int, formulation: str, predictions: pd.DataF
     times = [t for m in members for t in m["epoch_times_s"]]
     metrics = {**reference_metrics(predictions), "train/epochs": sum(m["epochs"] for m in members),
                "train/total_time_s": sum(times), "train/epoch_time_s": float(np.mean(times))}
+    if subsets:
+        metrics.update(reference_metrics(discordant(predictions), "test_discordant"))
     for key, (low, high) in (ci or {}).items():
         metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"] = low, high
     config = {"formulation": {"name": formulation}, "seed": int(overrides.get("seed", 42)),

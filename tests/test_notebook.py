@@ -37,4 +37,4 @@ def test_notebook_runs_on_a_sweep(tmp_path_factory, monkeypatch):
         metrics = json.loads(path.read_text())["metrics"]
         assert f"{metrics['test/acc/edema']:.3f}" in markdown
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 5  # figures 4, 5, 6, 7 and 8
+    assert len(images) == 6  # figures 4, 5, 6, 7, 8 and the reliability diagram

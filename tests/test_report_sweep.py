@@ -36,12 +36,21 @@ def test_table3_matches_results_json(reported):
     table3 = pd.read_csv(reported["out"] / "table3.csv").set_index("formulation")
     assert sorted(table3.index) == ["binary", "multiclass", "multilabel"]
     text = (reported["out"] / "report.md").read_text()
+    discordant = pd.read_csv(reported["out"] / "table3_discordant.csv").set_index("formulation")
     for result in reported["results"].values():
+        metrics = result["metrics"]
         row = table3.loc[result["formulation"]]
         assert row["runs"] == 1
         for key in (f"test/{m}/{f}" for m in ("acc", "auroc") for f in FINDINGS):
-            assert row[key] == pytest.approx(result["metrics"][key])
-            assert f"{result['metrics'][key]:.3f}" in text
+            assert row[key] == pytest.approx(metrics[key])
+            cell = f"{metrics[key]:.3f}"
+            if f"{key}_ci_low" in metrics:  # the job's 95% CI beside it
+                cell += f" [{metrics[key + '_ci_low']:.3f}, {metrics[key + '_ci_high']:.3f}]"
+            assert cell in text
+            subset_key = key.replace("test/", "test_discordant/")
+            if metrics.get(subset_key) is not None:
+                assert discordant.loc[result["formulation"], subset_key] == pytest.approx(
+                    metrics[subset_key])
     assert "Wrote the report of 3 jobs" in reported["log"]
     stages = [s for r in reported["results"].values() for m in r["members"]
               for s in m.get("stages", [])]
@@ -86,3 +95,17 @@ def test_figures_numbers_match_sklearn_on_the_predictions(reported):
     for name in ("figure4_confusion", "figure5_accuracy", "figure6_roc_edema",
                  "figure7_roc_effusion", "figure8_epochs_time"):
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_paired_comparison_agrees_with_each_jobs_metrics(reported):
+    comparisons = pd.read_csv(reported["out"] / "comparisons.csv")
+    by_formulation = {r["formulation"]: r["metrics"] for r in reported["results"].values()}
+    overall = comparisons[comparisons["subset"] == "all"]
+    assert len(overall) == len(FINDINGS) * 3  # three pairs of formulations per finding
+    for row in overall.itertuples():
+        for run, auroc, accuracy in ((row.run_a, row.auroc_a, row.acc_a),
+                                     (row.run_b, row.auroc_b, row.acc_b)):
+            assert accuracy == pytest.approx(by_formulation[run][f"test/acc/{row.finding}"])
+            if min(row.n_pos, row.n - row.n_pos) >= 2:  # else no DeLong comparison
+                assert auroc == pytest.approx(by_formulation[run][f"test/auroc/{row.finding}"],
+                                              abs=1e-6)

@@ -7,7 +7,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxr_lightning.report.build import write_report
+from cxr_lightning.evaluation.bootstrap import N_BOOTSTRAP
+from cxr_lightning.report.build import compile_report, write_report
 from cxr_lightning.report.load import newest_sweep
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "$CXR_LIGHTNING_HOME/outputs/multiruns, else ./outputs/multiruns)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default: SWEEP_DIR/report)")
+    parser.add_argument("--n-bootstrap", type=int, default=N_BOOTSTRAP,
+                        help="patient resamples for the ROC bands and paired AUROC intervals")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -30,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = _parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
     sweep_dir = args.sweep_dir if args.sweep_dir is not None else newest_sweep()
-    return write_report(sweep_dir, args.out)
+    return write_report(compile_report(sweep_dir, args.n_bootstrap), args.out)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from cxr_lightning.evaluation.bootstrap import N_BOOTSTRAP
 from cxr_lightning.findings import FINDINGS
 from cxr_lightning.report import figures, markdown, tables
-from cxr_lightning.report.curves import roc_points
+from cxr_lightning.report.comparisons import setting_comparisons
+from cxr_lightning.report.curves import reliability_points, roc_bands, roc_points
 from cxr_lightning.report.load import REPLICATE_KEYS, distinguishing_keys, load_sweep
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,10 @@ class SweepReport:
     jobs: pd.DataFrame
     """One row per job (detailed table)."""
     table3: pd.DataFrame
+    discordant: pd.DataFrame
+    """Table 3 on the discordant test subset (``test_discordant`` metrics)."""
+    comparisons: pd.DataFrame
+    """Pairwise comparison of the settings (DeLong, McNemar, Holm), subsets all and discordant."""
     stage_rows: pd.DataFrame
     """Table 1, one row per job x model x stage; empty when no job has per-stage records."""
     table1: pd.DataFrame
@@ -42,6 +48,10 @@ class SweepReport:
     """Figure 5."""
     roc: dict[str, pd.DataFrame]
     """Figures 6-7, per finding."""
+    roc_bands: dict[str, pd.DataFrame]
+    """Figures 6-7's bootstrap bands, per finding."""
+    reliability: pd.DataFrame
+    """Reliability diagram: per job and finding, the probability bins."""
     training: pd.DataFrame
     """Figure 8."""
     checks: pd.DataFrame
@@ -57,16 +67,19 @@ class ReportFigure:
     caption: str
     figure: Figure
     data: pd.DataFrame
+    extra: dict[str, pd.DataFrame] = field(default_factory=dict)
+    """More numbers drawn in the figure, saved as ``{name}_{key}.csv``."""
 
 
-def compile_report(sweep_dir: Path) -> SweepReport:
-    """Read a sweep directory's results.json files and build every table and figure's numbers."""
+def compile_report(sweep_dir: Path, n_bootstrap: int = N_BOOTSTRAP) -> SweepReport:
+    """Read a sweep directory's results.json files and build every table and figure's numbers;
+    ``n_bootstrap`` patient resamples for the ROC bands and the paired AUROC intervals."""
     jobs = load_sweep(sweep_dir)
     jobs_frame = tables.jobs_table(jobs)
     table3 = tables.formulation_table(jobs_frame)
     stage_rows, without_stages = tables.stage_rows(jobs)
     confusion_per_job = tables.confusion_counts(jobs)
-    notes: list[str] = []
+    comparisons, notes = setting_comparisons(jobs, n_bootstrap)
     roc = {}
     for finding in FINDINGS:
         roc[finding], skipped = roc_points(jobs, finding)
@@ -76,6 +89,9 @@ def compile_report(sweep_dir: Path) -> SweepReport:
         varying=distinguishing_keys(jobs),
         jobs=jobs_frame,
         table3=table3,
+        discordant=tables.formulation_table(tables.jobs_table(jobs, tables.DISCORDANT_STAGE),
+                                            tables.DISCORDANT_STAGE),
+        comparisons=comparisons,
         stage_rows=stage_rows,
         table1=tables.stage_table(stage_rows) if len(stage_rows) else pd.DataFrame(),
         jobs_without_stages=without_stages,
@@ -83,6 +99,9 @@ def compile_report(sweep_dir: Path) -> SweepReport:
         confusion_per_job=confusion_per_job,
         accuracy=tables.accuracy_bars(table3),
         roc=roc,
+        roc_bands={f: roc_bands(jobs, f, n_bootstrap) for f in FINDINGS},
+        reliability=pd.concat([reliability_points(jobs, f) for f in FINDINGS],
+                              ignore_index=True),
         training=tables.training_points(jobs_frame),
         checks=tables.consistency_checks(jobs),
         notes=notes,
@@ -90,7 +109,8 @@ def compile_report(sweep_dir: Path) -> SweepReport:
 
 
 def report_figures(report: SweepReport) -> list[ReportFigure]:
-    """Figures 4 to 8 of a compiled report, drawn (matplotlib ``Figure`` objects)."""
+    """Figures 4 to 8 and the reliability diagram of a compiled report, drawn (matplotlib
+    ``Figure`` objects)."""
     drawn = [ReportFigure("figure4_confusion",
                           "Figure 4: confusion matrices at threshold 0.5 ([[TN, FP], [FN, TP]])",
                           figures.confusion_figure(report.confusion), report.confusion),
@@ -98,13 +118,16 @@ def report_figures(report: SweepReport) -> list[ReportFigure]:
                           figures.accuracy_figure(report.accuracy), report.accuracy)]
     for finding, number in ROC_FIGURE_NUMBERS.items():
         if len(report.roc[finding]):
+            bands = report.roc_bands[finding]
             drawn.append(ReportFigure(f"figure{number}_roc_{finding}",
                                       f"Figure {number}: ROC curves for {finding}",
-                                      figures.roc_figure(report.roc[finding], finding),
-                                      report.roc[finding]))
+                                      figures.roc_figure(report.roc[finding], finding, bands),
+                                      report.roc[finding], {"band": bands}))
     drawn.append(ReportFigure("figure8_epochs_time",
                               "Figure 8: total epochs against time per epoch",
                               figures.epochs_time_figure(report.training), report.training))
+    drawn.append(ReportFigure("reliability", "Reliability diagram (test split)",
+                              figures.reliability_figure(report.reliability), report.reliability))
     return drawn
 
 
@@ -121,6 +144,25 @@ def table1_section(report: SweepReport) -> str:
         parts.append("Jobs without per-stage records (left out): "
                      + ", ".join(report.jobs_without_stages))
     return "\n\n".join(parts)
+
+
+def discordant_section(report: SweepReport) -> str:
+    """Table 3 on the discordant test images, or why it is unavailable for this sweep."""
+    keys = list(tables.table3_keys(tables.DISCORDANT_STAGE))
+    if report.discordant[keys].isna().all().all():
+        return (f"Unavailable for this sweep: no job's metrics hold "
+                f"`{tables.DISCORDANT_STAGE}/...` keys (results.json written before subsets "
+                "were evaluated).")
+    return markdown.table3_markdown(report.discordant, tables.DISCORDANT_STAGE)
+
+
+def comparison_section(report: SweepReport) -> str:
+    """The paired comparison of the settings, or why there is none (the notes say)."""
+    if report.comparisons.empty:
+        return "No pair of settings was compared (see the consistency checks' notes)."
+    return ("Pairs of settings on the same test images; subset `discordant`: exactly one "
+            "finding present. Holm's correction across the pairs of each finding and subset."
+            "\n\n" + markdown.comparison_markdown(report.comparisons))
 
 
 def checks_section(report: SweepReport) -> str:
@@ -150,6 +192,9 @@ def report_markdown(report: SweepReport, figure_list: list[ReportFigure]) -> str
         "## Table 1: metrics per unfreezing stage (experiment I)", table1_section(report),
         "## Table 3: test accuracy and AUROC per finding and formulation",
         markdown.table3_markdown(report.table3),
+        "## Table 3 on the discordant test subset (exactly one finding present)",
+        discordant_section(report),
+        "## Formulation comparison (DeLong, McNemar, Holm)", comparison_section(report),
         "## Jobs (one row per job)", markdown.jobs_markdown(report.jobs),
     ]
     for item in figure_list:
@@ -160,16 +205,19 @@ def report_markdown(report: SweepReport, figure_list: list[ReportFigure]) -> str
     return "\n\n".join(sections) + "\n"
 
 
-def write_report(sweep_dir: Path, out_dir: Path | None = None) -> Path:
-    """Build the report of a sweep into ``out_dir`` (default ``SWEEP_DIR/report``): report.md,
+def write_report(report: SweepReport, out_dir: Path | None = None) -> Path:
+    """Write a compiled report into ``out_dir`` (default ``SWEEP_DIR/report``): report.md,
     each figure as PNG + CSV, and the tables as CSV. Returns report.md's path."""
-    report = compile_report(sweep_dir)
-    out_dir = Path(out_dir) if out_dir is not None else Path(sweep_dir) / "report"
+    out_dir = Path(out_dir) if out_dir is not None else report.sweep_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     figure_list = report_figures(report)
     for item in figure_list:
         figures.save_figure(item.figure, item.data, out_dir, item.name)
+        for key, frame in item.extra.items():
+            frame.to_csv(out_dir / f"{item.name}_{key}.csv", index=False)
     for name, frame in (("jobs", report.jobs), ("table3", report.table3),
+                        ("table3_discordant", report.discordant),
+                        ("comparisons", report.comparisons),
                         ("table1_stages", report.stage_rows), ("table1_summary", report.table1),
                         ("confusion_per_job", report.confusion_per_job),
                         ("consistency", report.checks)):

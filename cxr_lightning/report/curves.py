@@ -1,4 +1,5 @@
-"""ROC curves of a sweep's jobs from their saved test predictions (torchmetrics)."""
+"""Curves of a sweep's jobs from their saved test predictions: ROC (torchmetrics), its
+patient-bootstrap band and reliability-diagram bins (:mod:`cxr_lightning.evaluation`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import pandas as pd
 import torch
 from torchmetrics.functional.classification import binary_auroc, binary_roc
 
-from cxr_lightning.evaluation.metrics import probability_column
+from cxr_lightning.evaluation.bootstrap import N_BOOTSTRAP
+from cxr_lightning.evaluation.calibration import reliability_curve
+from cxr_lightning.evaluation.curves import roc_band
+from cxr_lightning.evaluation.metrics import known_labels
 from cxr_lightning.report.load import JobResult, describe_jobs
 
 log = logging.getLogger(__name__)
@@ -16,26 +20,60 @@ log = logging.getLogger(__name__)
 ROC_COLUMNS: tuple[str, ...] = ("setting", "job", "fpr", "tpr", "threshold", "auc")
 
 
+def _with_both_classes(jobs: list[JobResult], finding: str) -> tuple[list[JobResult], list[str]]:
+    """The jobs whose labelled test images of ``finding`` hold both classes, and a note for
+    each other job (it gets no curve)."""
+    kept, notes = [], []
+    for job in jobs:
+        target, _ = known_labels(job.predictions, finding)
+        if 0 < target.sum() < len(target):
+            kept.append(job)
+        else:
+            notes.append(f"{job.name}: no ROC curve for {finding}: its {len(target)} labelled "
+                         "test images are all of one class")
+            log.warning(notes[-1])
+    return kept, notes
+
+
+def _labelled(frame: pd.DataFrame, job: JobResult, settings: pd.Series) -> pd.DataFrame:
+    return frame.assign(setting=settings[job.name], job=job.name)
+
+
 def roc_points(jobs: list[JobResult], finding: str) -> tuple[pd.DataFrame, list[str]]:
     """Figures 6-7's numbers for one finding: every job's ROC curve (false and true positive rate
     at each threshold, torchmetrics' ``binary_roc``) with its AUROC, masked labels left out; and
     a note for each job whose test labels hold one class only (no curve, recorded)."""
     settings = describe_jobs(jobs).set_index("job")["setting"]
-    curves, notes = [], []
-    for job in jobs:
-        known = job.predictions.dropna(subset=[finding])
-        target = torch.tensor(known[finding].to_numpy(), dtype=torch.long)
-        if target.unique().numel() < 2:
-            notes.append(f"{job.name}: no ROC curve for {finding}: its {len(target)} labelled test "
-                         "images are all of one class")
-            log.warning(notes[-1])
-            continue
-        probability = torch.tensor(known[probability_column(finding)].to_numpy(),
-                                   dtype=torch.float64)
+    kept, notes = _with_both_classes(jobs, finding)
+    curves = []
+    for job in kept:
+        target, probability = (torch.tensor(a) for a in known_labels(job.predictions, finding))
         fpr, tpr, threshold = binary_roc(probability, target)
-        curves.append(pd.DataFrame({
-            "setting": settings[job.name], "job": job.name, "fpr": fpr.numpy(),
-            "tpr": tpr.numpy(), "threshold": threshold.numpy(),
-            "auc": float(binary_auroc(probability, target))}))
+        curve = pd.DataFrame({"fpr": fpr.numpy(), "tpr": tpr.numpy(),
+                              "threshold": threshold.numpy(),
+                              "auc": float(binary_auroc(probability, target))})
+        curves.append(_labelled(curve, job, settings)[list(ROC_COLUMNS)])
     frame = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=ROC_COLUMNS)
     return frame, notes
+
+
+def roc_bands(jobs: list[JobResult], finding: str, n_bootstrap: int = N_BOOTSTRAP
+              ) -> pd.DataFrame:
+    """Each job's ROC curve on a fixed false-positive-rate grid with its 95% patient-bootstrap
+    band (:func:`cxr_lightning.evaluation.curves.roc_band`); jobs with one class are left out
+    (:func:`roc_points` notes them)."""
+    settings = describe_jobs(jobs).set_index("job")["setting"]
+    kept, _ = _with_both_classes(jobs, finding)
+    bands = [_labelled(roc_band(job.predictions, finding, n_bootstrap=n_bootstrap), job, settings)
+             for job in kept]
+    return pd.concat(bands, ignore_index=True) if bands else pd.DataFrame()
+
+
+def reliability_points(jobs: list[JobResult], finding: str) -> pd.DataFrame:
+    """Reliability-diagram numbers of one finding: per job, each non-empty probability bin's
+    mean predicted probability, observed fraction of positives and count
+    (:func:`cxr_lightning.evaluation.calibration.reliability_curve`, the ECE's bins)."""
+    settings = describe_jobs(jobs).set_index("job")["setting"]
+    curves = [_labelled(reliability_curve(job.predictions, finding), job, settings)
+              .assign(finding=finding) for job in jobs]
+    return pd.concat(curves, ignore_index=True)

@@ -68,9 +68,11 @@ def accuracy_figure(bars: pd.DataFrame) -> Figure:
     for k, (setting, rows) in enumerate(bars.groupby("setting", sort=False)):
         rows = rows.set_index("finding").loc[list(FINDINGS)]
         x = np.arange(len(FINDINGS)) + (k - (len(colours) - 1) / 2) * width
-        error = np.vstack([rows["accuracy"] - rows["low"], rows["high"] - rows["accuracy"]])
-        axis.bar(x, rows["accuracy"], width, yerr=np.nan_to_num(error), capsize=3,
-                 color=colours[setting], label=setting)
+        axis.bar(x, rows["accuracy"], width, color=colours[setting], label=setting)
+        # drawn as lines, not yerr: a percentile CI need not contain the point estimate
+        axis.vlines(x, rows["low"], rows["high"], color="black", linewidth=1)
+        for end in ("low", "high"):
+            axis.hlines(rows[end], x - width / 6, x + width / 6, color="black", linewidth=1)
     intervals = sorted(set(bars["interval"]) - {""})
     axis.set(xticks=np.arange(len(FINDINGS)), xticklabels=FINDINGS, ylim=(0, 1),
              ylabel="test accuracy at 0.5",
@@ -79,9 +81,10 @@ def accuracy_figure(bars: pd.DataFrame) -> Figure:
     return figure
 
 
-def roc_figure(points: pd.DataFrame, finding: str) -> Figure:
+def roc_figure(points: pd.DataFrame, finding: str, bands: pd.DataFrame | None = None) -> Figure:
     """Figures 6-7: one finding's ROC curves, every run of every setting overlaid; the legend
-    gives each setting's AUROC (mean ± sd over its runs)."""
+    gives each setting's AUROC (mean ± sd over its runs). ``bands`` (``roc_bands``) shades each
+    run's 95% patient-bootstrap band."""
     colours = _colours(points["setting"])
     figure = _figure(5.0, 5.0)
     axis = figure.subplots()
@@ -92,11 +95,39 @@ def roc_figure(points: pd.DataFrame, finding: str) -> Figure:
         for k, (_, curve) in enumerate(runs.groupby("job", sort=False)):
             axis.plot(curve["fpr"], curve["tpr"], color=colours[setting],
                       alpha=1.0 if len(aucs) == 1 else 0.6, label=label if k == 0 else None)
+    if bands is not None and len(bands):
+        for (setting, _), band in bands.groupby(["setting", "job"], sort=False):
+            axis.fill_between(band["fpr"], band["tpr_low"], band["tpr_high"],
+                              color=colours[setting], alpha=0.12, linewidth=0)
     axis.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    axis.set(title=f"ROC, test split: {finding}", xlabel="false positive rate (1 - specificity)",
+    band_note = ", 95% bootstrap bands" if bands is not None and len(bands) else ""
+    axis.set(title=f"ROC, test split: {finding}{band_note}",
+             xlabel="false positive rate (1 - specificity)",
              ylabel="true positive rate (sensitivity)", xlim=(0, 1), ylim=(0, 1.02),
              aspect="equal")
     axis.legend(loc="lower right", fontsize="small")
+    return figure
+
+
+def reliability_figure(points: pd.DataFrame) -> Figure:
+    """Reliability diagram: observed fraction of positives against mean predicted probability
+    per bin, one panel per finding, one line per run."""
+    colours = _colours(points["setting"])
+    figure = _figure(4.5 * len(FINDINGS), 4.5)
+    axes = figure.subplots(1, len(FINDINGS), squeeze=False)[0]
+    for axis, finding in zip(axes, FINDINGS, strict=True):
+        labelled = set()
+        for (setting, _), curve in points[points["finding"] == finding].groupby(
+                ["setting", "job"], sort=False):
+            axis.plot(curve["mean_predicted"], curve["observed_fraction"], marker="o",
+                      markersize=3, color=colours[setting],
+                      label=None if setting in labelled else setting)
+            labelled.add(setting)
+        axis.plot([0, 1], [0, 1], color="grey", linestyle=":")
+        axis.set(title=f"Calibration, test split: {finding}", xlim=(0, 1), ylim=(0, 1),
+                 xlabel="mean predicted probability (bin)", ylabel="observed fraction positive",
+                 aspect="equal")
+        axis.legend(loc="upper left", fontsize="small")
     return figure
 
 

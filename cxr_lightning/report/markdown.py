@@ -7,7 +7,7 @@ import math
 import pandas as pd
 
 from cxr_lightning.findings import FINDINGS
-from cxr_lightning.report.tables import CI_SUFFIXES, TABLE3_METRICS
+from cxr_lightning.report.tables import CI_SUFFIXES, table3_keys
 
 DIGITS = 3
 METRIC_NAMES = {"acc": "accuracy", "auroc": "AUROC"}
@@ -41,9 +41,9 @@ def estimates_markdown(frame: pd.DataFrame, labels: list[str], keys: list[str]) 
     return table.to_markdown(index=False, disable_numparse=True)  # keep "0.500" as written
 
 
-def table3_markdown(table3: pd.DataFrame) -> str:
-    """Table 3: test accuracy then AUROC per finding, one row per setting."""
-    return estimates_markdown(table3, ["setting", "runs"], list(TABLE3_METRICS))
+def table3_markdown(table3: pd.DataFrame, stage: str = "test") -> str:
+    """Table 3 (of ``stage``): accuracy then AUROC per finding, one row per setting."""
+    return estimates_markdown(table3, ["setting", "runs"], list(table3_keys(stage)))
 
 
 def jobs_markdown(jobs_frame: pd.DataFrame) -> str:
@@ -51,7 +51,7 @@ def jobs_markdown(jobs_frame: pd.DataFrame) -> str:
     overrides = [c for c in jobs_frame.columns if c not in ("job", "formulation", "setting")
                  and "/" not in c]
     table = jobs_frame.assign(runs=1)
-    text = estimates_markdown(table, ["job", "setting", *overrides], list(TABLE3_METRICS))
+    text = estimates_markdown(table, ["job", "setting", *overrides], list(table3_keys()))
     training = jobs_frame[["job", "train/epochs", "train/epoch_time_s", "train/total_time_s"]]
     training = training.rename(columns={"train/epochs": "epochs",
                                         "train/epoch_time_s": "time per epoch (s)",
@@ -87,3 +87,31 @@ def stage_summary_markdown(summary: pd.DataFrame) -> str:
         table[column] = [estimate(row, column) for _, row in summary.iterrows()]
     return estimates_markdown(table, [*labels, "start_epoch", "epochs", "best_epoch"],
                               stage_metric_keys(summary))
+
+
+def _number(value: float, spec: str) -> str:
+    return "–" if pd.isna(value) else format(value, spec)
+
+
+def _interval(low: float, high: float) -> str:
+    return "–" if pd.isna(low) else f"[{low:+.{DIGITS}f}, {high:+.{DIGITS}f}]"
+
+
+def comparison_markdown(comparisons: pd.DataFrame) -> str:
+    """The paired comparison of settings: ΔAUROC (A - B) with its DeLong and patient-bootstrap
+    95% CIs, DeLong p and its Holm adjustment, Δ accuracy with McNemar's exact p and Holm."""
+    replicate = list(comparisons.columns[:list(comparisons.columns).index("finding")])
+    table = comparisons[[*replicate, "finding", "subset", "run_a", "run_b", "n"]].rename(
+        columns={"run_a": "A", "run_b": "B"})
+    rows = comparisons.itertuples()
+    cells = [(_number(r.auroc_delta, f"+.{DIGITS}f"),
+              _interval(r.auroc_delta_ci_low, r.auroc_delta_ci_high),
+              _interval(r.auroc_delta_boot_ci_low, r.auroc_delta_boot_ci_high),
+              _number(r.delong_p, ".3g"), _number(r.delong_p_holm, ".3g"),
+              _number(r.acc_delta, f"+.{DIGITS}f"), _number(r.mcnemar_p, ".3g"),
+              _number(r.mcnemar_p_holm, ".3g")) for r in rows]
+    headers = ("ΔAUROC (A - B)", "95% CI (DeLong)", "95% CI (bootstrap)", "DeLong p",
+               "DeLong p (Holm)", "Δ accuracy", "McNemar p", "McNemar p (Holm)")
+    for k, header in enumerate(headers):
+        table[header] = [c[k] for c in cells]
+    return table.to_markdown(index=False, disable_numparse=True)

@@ -19,25 +19,36 @@ from cxr_lightning.report.load import JobResult, describe_jobs
 log = logging.getLogger(__name__)
 
 CI_SUFFIXES: tuple[str, str] = ("_ci_low", "_ci_high")
-TABLE3_METRICS: tuple[str, ...] = tuple(f"test/{m}/{f}" for m in ("acc", "auroc") for f in FINDINGS)
+DISCORDANT_STAGE = "test_discordant"
+"""Test images with both labels known and exactly one finding present (evaluation.subgroups)."""
 TRAINING_METRICS: tuple[str, ...] = ("train/epochs", "train/epoch_time_s", "train/total_time_s")
 STAGE_COLUMNS: tuple[str, ...] = ("stage", "start_epoch", "blocks", "epochs", "best_epoch")
 CONSISTENCY_TOLERANCE = 1e-5
 """Stored metrics are float32; recomputed ones float64."""
 
 
+def table3_keys(stage: str = "test") -> tuple[str, ...]:
+    """Table 3's metric keys of one stage (``test``, ``test_discordant``): accuracy at 0.5 and
+    AUROC per finding."""
+    return tuple(f"{stage}/{m}/{f}" for m in ("acc", "auroc") for f in FINDINGS)
+
+
 def with_ci(metrics: dict, keys: tuple[str, ...]) -> dict[str, float]:
-    """``keys`` of a metrics dict, each with its ``_ci_low``/``_ci_high`` bounds when present."""
+    """``keys`` of a metrics dict, each with its ``_ci_low``/``_ci_high`` bounds when present;
+    absent and undefined (``null``) values are NaN."""
     values: dict[str, float] = {}
     for key in keys:
-        values[key] = metrics.get(key, math.nan)
-        values.update({key + s: metrics[key + s] for s in CI_SUFFIXES if key + s in metrics})
+        for name in (key, *(key + s for s in CI_SUFFIXES)):
+            if name in metrics or name == key:
+                value = metrics.get(name)
+                values[name] = math.nan if value is None else value
     return values
 
 
-def jobs_table(jobs: list[JobResult]) -> pd.DataFrame:
-    """One row per job: its setting and overrides, Table 3 metrics (+ CIs) and training time."""
-    metrics = pd.DataFrame([with_ci(job.metrics, TABLE3_METRICS + TRAINING_METRICS)
+def jobs_table(jobs: list[JobResult], stage: str = "test") -> pd.DataFrame:
+    """One row per job: its setting and overrides, Table 3 metrics of ``stage`` (+ CIs) and
+    training time."""
+    metrics = pd.DataFrame([with_ci(job.metrics, table3_keys(stage) + TRAINING_METRICS)
                             for job in jobs])
     return pd.concat([describe_jobs(jobs), metrics], axis=1)
 
@@ -56,9 +67,10 @@ def summarise(rows: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataF
     return pd.concat(parts, axis=1).reset_index()
 
 
-def formulation_table(jobs_frame: pd.DataFrame) -> pd.DataFrame:
-    """Table 3: test accuracy and AUROC per finding for each setting (mean over its runs)."""
-    return summarise(jobs_frame, ["setting", "formulation"], list(TABLE3_METRICS))
+def formulation_table(jobs_frame: pd.DataFrame, stage: str = "test") -> pd.DataFrame:
+    """Table 3: accuracy and AUROC of ``stage`` per finding for each setting (mean over its
+    runs), from a :func:`jobs_table` of the same stage."""
+    return summarise(jobs_frame, ["setting", "formulation"], list(table3_keys(stage)))
 
 
 def stage_rows(jobs: list[JobResult]) -> tuple[pd.DataFrame, list[str]]:
