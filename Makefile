@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test test-fast lint format clean bench-data bench-unfreeze report bench-eval
+.PHONY: install train test test-fast lint format clean bench-data bench-unfreeze report bench-eval bench-predict
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ bench-data: install
 ## BENCH_ARGS="--device cuda --bf16 ..." overrides), ~3 min on 2 idle cores.
 bench-unfreeze: install
 	$(BIN)/python experiments/bench_unfreeze.py --backbone resnet50 --size 224 --batch 16 $(BENCH_ARGS)
+
+## Prediction throughput, ResNet152 at 512 on the CPU (network alone and files end to end);
+## BENCH_ARGS="--device cuda --heatmaps ..." overrides, ~1 min on 2 cores.
+bench-predict: install
+	$(BIN)/python experiments/bench_predict.py --backbone resnet152 --size 512 $(BENCH_ARGS)
 
 ## Evaluation with patient-bootstrap CIs on 10,000 predictions (~3,000 patients, 2,000
 ## resamples): seconds per finding, whole evaluation and bootstrap alone; ~1 min on 2 idle cores.

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
+from cxr_lightning.inference.metadata import CHECKPOINT_METADATA_KEY, checkpoint_metadata
 from cxr_lightning.models.backbones import build_backbone, unfreezable_blocks
 from cxr_lightning.models.formulations import Formulation
 
@@ -81,6 +82,14 @@ class CXRClassifier(pl.LightningModule):
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Per-finding probabilities (N, len(formulation.findings))."""
         return self.formulation.finding_probabilities(self(batch["image"]))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Make the checkpoint self-describing: formulation, findings, backbone, the trainer's
+        datamodule preprocessing (when it has a cache ``spec``) and the code version, under
+        ``checkpoint["cxr_lightning"]`` (see :mod:`cxr_lightning.inference.metadata`)."""
+        spec = getattr(getattr(self.trainer, "datamodule", None), "spec", None)
+        checkpoint[CHECKPOINT_METADATA_KEY] = checkpoint_metadata(self.formulation,
+                                                                  self.hparams, spec)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         trainable = [p for p in self.parameters() if p.requires_grad]

@@ -1,0 +1,91 @@
+"""An image file -> the network's input, through the very functions that fill the training cache.
+
+:func:`~cxr_lightning.data.cache.decode_image` (DICOM windowing, MONOCHROME1, PNG/JPEG grey
+rules, optional histogram equalisation) then :func:`~cxr_lightning.data.cache.resize_square`
+under the model's :class:`~cxr_lightning.data.cache.CacheSpec` give the uint8 square the cache
+would hold; :func:`~cxr_lightning.data.transforms.normalise_batch` on the device then gives
+the float batch training fed the network. Nothing is re-specified here.
+
+A file that cannot be decoded (missing, corrupt, no pixel data, colour, smaller than 2x2,
+unsupported type) becomes an item with its reason, never an exception, so a batch always
+completes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from cxr_lightning.data.cache import CacheSpec, decode_image, resize_square
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedImage:
+    """One input: the cache-identical square, or the reason it could not be made."""
+
+    index: int
+    path: Path
+    square: np.ndarray | None
+    original_shape: tuple[int, int] | None
+    original: np.ndarray | None
+    """The decoded full-size grey image, kept only when asked (heatmap backgrounds)."""
+    error: str = ""
+
+
+@dataclass
+class InputBatch:
+    """A collated batch: the decoded images stacked, the failures with their reasons."""
+
+    items: list[PreparedImage]
+    images: torch.Tensor
+    """uint8 (k, S, S) of the k decoded items, in order (``decoded``)."""
+
+    @property
+    def decoded(self) -> list[PreparedImage]:
+        return [item for item in self.items if not item.error]
+
+
+def prepare_image(path: Path, spec: CacheSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The decoded grey image (H, W) and its resized square (S, S), both uint8."""
+    original = decode_image(path, spec)
+    return original, resize_square(original, spec.image_size, spec.resize, spec.interpolation)
+
+
+class InputImages(Dataset):
+    """Map-style dataset of input files prepared under a model's spec (DataLoader-ready)."""
+
+    def __init__(self, paths: Sequence[Path], spec: CacheSpec,
+                 keep_originals: bool = False) -> None:
+        self.paths = list(paths)
+        self.spec = spec
+        self.keep_originals = keep_originals
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> PreparedImage:
+        path = self.paths[index]
+        try:
+            original, square = prepare_image(path, self.spec)
+        except (OSError, ValueError) as error:  # ImageDecodeError is a ValueError
+            log.warning("Skipping %s: %s", path, error)
+            return PreparedImage(index, path, None, None, None,
+                                 f"{type(error).__name__}: {error}")
+        kept = original if self.keep_originals else None
+        return PreparedImage(index, path, square, original.shape, kept)
+
+
+def collate_inputs(items: list[PreparedImage]) -> InputBatch:
+    """DataLoader ``collate_fn``: stack the decoded squares, keep every item."""
+    squares = [torch.from_numpy(np.ascontiguousarray(item.square))
+               for item in items if not item.error]
+    empty = torch.empty((0, 0, 0), dtype=torch.uint8)
+    return InputBatch(items, torch.stack(squares) if squares else empty)

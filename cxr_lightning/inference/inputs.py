@@ -1,0 +1,77 @@
+"""What to predict on: files, folders (recursive), glob patterns and manifest CSVs -> paths.
+
+* a folder: every file under it (recursively) whose suffix is a supported image type
+  (:data:`~cxr_lightning.data.images.SUPPORTED_SUFFIXES`, case-insensitive), sorted;
+* a glob pattern (``*``, ``?`` or ``[`` in it; ``**`` recurses): its matches, sorted;
+* a ``.csv`` file: a manifest whose ``path`` column lists the images, relative paths taken
+  from the CSV's folder, in the CSV's order;
+* anything else: that file, kept as given even when it does not exist or is not an image,
+  so that prediction reports it as a failed row instead of dropping it.
+
+A folder without images, a pattern that matches nothing and a manifest without a ``path``
+column are errors (a typo, not a bad image).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from cxr_lightning.data.images import SUPPORTED_SUFFIXES
+
+log = logging.getLogger(__name__)
+
+MANIFEST_PATH_COLUMN = "path"
+_GLOB_CHARACTERS = frozenset("*?[")
+
+
+def collect_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The image paths named by one input or a list of them, in order, each once."""
+    items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+    if not items:
+        raise ValueError("inputs is empty: give files, folders, glob patterns or a manifest CSV")
+    paths = [path for item in items for path in _expand(str(item))]
+    unique = list(dict.fromkeys(paths))
+    if len(unique) < len(paths):
+        log.info("%d input paths were named more than once; each is predicted once",
+                 len(paths) - len(unique))
+    return unique
+
+
+def _expand(item: str) -> list[Path]:
+    if _GLOB_CHARACTERS & set(item):
+        matches = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+        if not matches:
+            raise ValueError(f"inputs={item!r}: the pattern matches no file")
+        return matches
+    path = Path(item).expanduser()
+    if path.is_dir():
+        return _images_under(path)
+    if path.suffix.lower() == ".csv" and path.is_file():
+        return _manifest_paths(path)
+    return [path]
+
+
+def _images_under(folder: Path) -> list[Path]:
+    images = sorted(p for p in folder.rglob("*")
+                    if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+    if not images:
+        raise ValueError(f"inputs={str(folder)!r}: the folder holds no "
+                         f"{'/'.join(SUPPORTED_SUFFIXES)} file")
+    return images
+
+
+def _manifest_paths(manifest: Path) -> list[Path]:
+    table = pd.read_csv(manifest, dtype={MANIFEST_PATH_COLUMN: str})
+    if MANIFEST_PATH_COLUMN not in table.columns:
+        raise ValueError(f"manifest {manifest} has no {MANIFEST_PATH_COLUMN!r} column "
+                         f"(columns: {list(table.columns)})")
+    listed = table[MANIFEST_PATH_COLUMN]
+    if listed.isna().any():
+        raise ValueError(f"manifest {manifest}: {int(listed.isna().sum())} rows have an empty "
+                         f"{MANIFEST_PATH_COLUMN!r}")
+    return [Path(p) if Path(p).is_absolute() else manifest.parent / p for p in listed]
