@@ -178,3 +178,22 @@ def test_one_binary_member_checkpoint_is_not_a_whole_model(fitted_checkpoints, t
         loaded = load_model(path).network()(images)
     expected = hand_probabilities("binary", [paths["binary-edema-model"], effusion], images)
     torch.testing.assert_close(loaded, expected, atol=1e-6, rtol=0)
+
+
+def test_grey_input_model_keeps_its_one_channel_normalisation(tmp_path):
+    torch.manual_seed(0)
+    plan = plan_for("multilabel")
+    model = CXRClassifier(plan.members[0], backbone="resnet18", weights="none",
+                          in_channels=1).eval()
+    bundle = load_model(save_bundle(tmp_path / "grey.pt", plan=plan, models=[model],
+                                    spec=SMALL_SPEC))
+    assert bundle.channels == 1
+    normalisation = bundle.preprocessing["normalisation"]
+    mean, std = sum((0.485, 0.456, 0.406)) / 3, sum((0.229, 0.224, 0.225)) / 3
+    assert normalisation["mean"] == pytest.approx([mean], abs=1e-6)
+    assert normalisation["std"] == pytest.approx([std], abs=1e-6)
+    images = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(bundle.network()(images),
+                                   hand_probabilities("multilabel", [model], images),
+                                   atol=1e-6, rtol=0)

@@ -19,11 +19,14 @@ from pydicom.data import get_testdata_file
 from test_bundle_support import hand_probabilities, sample_datamodule, saved_model
 
 from cxr_lightning import predict
+from cxr_lightning.data.cache import CacheSpec
 from cxr_lightning.data.transforms import normalise_batch
-from cxr_lightning.inference.bundle import load_model
+from cxr_lightning.inference.bundle import load_model, save_bundle
 from cxr_lightning.inference.images import InputImages, collate_inputs
 from cxr_lightning.inference.inputs import collect_inputs
+from cxr_lightning.inference.metadata import plan_for
 from cxr_lightning.inference.predictor import PREDICTION_COLUMNS, predict_files, resolve_device
+from cxr_lightning.models.classifier import CXRClassifier
 
 PROBABILITIES = ["edema_prob", "effusion_prob"]
 LABELS = ["edema_label", "effusion_label"]
@@ -129,15 +132,34 @@ def test_bad_inputs_are_reported_and_the_batch_completes(tmp_path, mixed_inputs)
         assert rows[twin]["edema_prob"] == pytest.approx(rows["png8"]["edema_prob"], abs=1e-7)
         assert rows[twin]["effusion_prob"] == pytest.approx(rows["png8"]["effusion_prob"],
                                                             abs=1e-7)
-    # the good ones, by hand: the file decoded by OpenCV, padded to 32 px, normalised
-    square = cv2.resize(cv2.imread(str(mixed_inputs["png8"]), cv2.IMREAD_UNCHANGED), (32, 26),
+    # the good ones, by hand
+    expected = hand_probabilities("binary", models, normalise_batch(_padded_by_hand(
+        mixed_inputs["png8"])))
+    assert [rows["png8"]["edema_prob"], rows["png8"]["effusion_prob"]] == pytest.approx(
+        expected[0].tolist(), abs=1e-6)
+
+
+def _padded_by_hand(path: Path) -> torch.Tensor:
+    """(1, 32, 32) uint8: the 40x50 PNG decoded by OpenCV, scaled to 26x32 (INTER_AREA) and
+    centred on black, as the ``pad`` policy at 32 px places it."""
+    square = cv2.resize(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), (32, 26),
                         interpolation=cv2.INTER_AREA)
     padded = np.zeros((32, 32), np.uint8)
     padded[3:29] = square
-    expected = hand_probabilities("binary", models,
-                                  normalise_batch(torch.from_numpy(padded)[None]))
-    assert [rows["png8"]["edema_prob"], rows["png8"]["effusion_prob"]] == pytest.approx(
-        expected[0].tolist(), abs=1e-6)
+    return torch.from_numpy(padded)[None]
+
+
+def test_grey_input_model_gets_one_channel_input(tmp_path, mixed_inputs):
+    torch.manual_seed(0)
+    plan = plan_for("multiclass")
+    model = CXRClassifier(plan.members[0], backbone="resnet18", weights="none",
+                          in_channels=1).eval()
+    bundle = load_model(save_bundle(tmp_path / "grey.pt", plan=plan, models=[model],
+                                    spec=CacheSpec(image_size=32)))
+    table = predict_files(bundle, [mixed_inputs["png8"]], device="cpu")
+    expected = hand_probabilities("multiclass", [model],
+                                  normalise_batch(_padded_by_hand(mixed_inputs["png8"]), 1))
+    np.testing.assert_allclose(table[PROBABILITIES].to_numpy(), expected.numpy(), atol=1e-6)
 
 
 def test_labels_use_the_saved_thresholds_strictly(tmp_path, mixed_inputs):
