@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test test-fast lint format clean bench-data bench-unfreeze report bench-eval bench-predict
+.PHONY: install train test test-fast lint format clean bench-data bench-unfreeze report bench-eval bench-predict sweep exp1 exp2
 
 install: $(STAMP)
 
@@ -17,6 +17,20 @@ $(STAMP): pyproject.toml
 ## The main job: the three formulations on the embedded sample (or MIMIC-CXR when configured).
 train: install
 	$(BIN)/python -m cxr_lightning.train -m formulation=binary,multilabel,multiclass
+
+## Sweeps (on the embedded sample unless a dataset is configured; ARGS="..." adds overrides).
+ARGS ?=
+## formulation x unfreeze interval.
+sweep: install
+	$(BIN)/python -m cxr_lightning.train -m formulation=binary,multilabel,multiclass unfreeze.interval=5,10,15 $(ARGS)
+
+## Experiment I: multiclass over unfreeze interval x depth, each stage tested.
+exp1: install
+	$(BIN)/python -m cxr_lightning.train -m experiment=exp1_unfreeze $(ARGS)
+
+## Experiment II: the three formulations x 3 seeds on one split.
+exp2: install
+	$(BIN)/python -m cxr_lightning.train -m experiment=exp2_formulations $(ARGS)
 
 ## The whole test suite (the end-to-end multirun included).
 test: install

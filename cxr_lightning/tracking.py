@@ -12,11 +12,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import torch
 import wandb
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+from torchmetrics.functional.classification import binary_roc
+
+from cxr_lightning.evaluation.metrics import known_labels
+from cxr_lightning.findings import FINDINGS
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +67,32 @@ def log_job_summary(summary: dict[str, Any]) -> None:
     if wandb.run is None:
         return
     wandb.run.summary.update({k: v for k, v in summary.items() if isinstance(v, int | float)})
+
+
+def log_job_plots(predictions: pd.DataFrame, metrics: dict[str, Any]) -> None:
+    """Per finding, the test ROC curve (torchmetrics) and the confusion matrix at 0.5 (from
+    ``metrics``) as W&B charts built from numbers: no images, no identifiers. No-op without a
+    run."""
+    if wandb.run is None:
+        return
+    charts = {}
+    for finding in FINDINGS:
+        target, probability = known_labels(predictions, finding)
+        fpr, tpr, _ = binary_roc(torch.tensor(probability), torch.tensor(target))
+        roc = wandb.Table(columns=["fpr", "tpr"], data=list(zip(fpr.tolist(), tpr.tolist(),
+                                                                    strict=True)))
+        auroc = metrics[f"test/auroc/{finding}"]
+        charts[f"test/roc/{finding}"] = wandb.plot.line(
+            roc, "fpr", "tpr", title=f"Test ROC, {finding} (AUROC {auroc:.3f})")
+        (tn, fp), (fn, tp) = metrics[f"test/confusion/{finding}"]
+        counts = wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=[
+            ["absent", "absent", tn], ["absent", "present", fp],
+            ["present", "absent", fn], ["present", "present", tp]])
+        charts[f"test/confusion_matrix/{finding}"] = wandb.plot_table(
+            "wandb/confusion_matrix/v1", counts,
+            {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"},
+            {"title": f"Test confusion matrix at 0.5, {finding}"})
+    wandb.run.log(charts)
 
 
 def finish_tracking(failed: bool = False) -> None:

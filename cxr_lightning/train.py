@@ -20,12 +20,15 @@ import os
 import secrets
 import sys
 import traceback
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -38,11 +41,17 @@ from cxr_lightning.callbacks.stage_best import StageBest
 from cxr_lightning.callbacks.timing import EpochTimer
 from cxr_lightning.data.cohort import cohort_summary
 from cxr_lightning.data.datamodule import CXRDataModule
+from cxr_lightning.evaluation.metrics import known_labels, point_metrics
 from cxr_lightning.models.backbones import calibrate_batchnorm, is_random_init
 from cxr_lightning.models.classifier import CXRClassifier
 from cxr_lightning.models.formulations import Formulation, FormulationPlan
 from cxr_lightning.results import MemberResult, job_results, predictions_table, write_results
-from cxr_lightning.tracking import finish_tracking, log_job_summary, member_loggers
+from cxr_lightning.tracking import (
+    finish_tracking,
+    log_job_plots,
+    log_job_summary,
+    member_loggers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +106,8 @@ def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
         calibrate_batchnorm(model.backbone, (datamodule.on_after_batch_transfer(batch, 0)["image"]
                                              for batch in calibration))
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+    if torch.distributed.is_initialized():  # DDP: the next fit starts its own process group
+        torch.distributed.destroy_process_group()
     if not trainer.is_global_zero:
         return None
     # One device predicts, without the training callbacks (a checkpoint would restore them).
@@ -118,7 +129,25 @@ def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
         best_checkpoint=checkpoint.best_model_path,
         probabilities=probabilities,
     )
+    datamodule.predict_split = "test"
+    for record in stages.records:
+        if record["checkpoint"] is not None:  # stage_metrics: test each stage's best epoch
+            stage = replace(result, probabilities={"test": predictor.predict(
+                model, datamodule=datamodule, ckpt_path=record["checkpoint"])})
+            record["metrics"].update(stage_test_metrics(datamodule, stage))
     return result, stages.records
+
+
+def stage_test_metrics(datamodule: CXRDataModule, member: MemberResult) -> dict[str, float | None]:
+    """``test/auroc/{f}`` and ``test/acc/{f}`` of one model's test probabilities (``None`` where
+    undefined, e.g. AUROC with one class)."""
+    table = predictions_table(datamodule.split_manifest("test"), [member], "test")
+    metrics: dict[str, float | None] = {}
+    for finding in member.findings:
+        values = point_metrics(*known_labels(table, finding))
+        for name in ("auroc", "acc"):
+            metrics[f"test/{name}/{finding}"] = None if np.isnan(values[name]) else values[name]
+    return metrics
 
 
 def refuse_relaunch_in_multirun(trainer: pl.Trainer) -> None:
@@ -220,6 +249,7 @@ def train_and_test(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
         record["stages"] = stages
     write_results(output_dir, results)
     log_job_summary(results["metrics"])
+    log_job_plots(predictions, results["metrics"])
     return results
 
 

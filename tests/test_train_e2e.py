@@ -25,7 +25,7 @@ def multirun(tmp_path_factory):
         sys.executable, "-m", "cxr_lightning.train", "-m",
         "formulation=binary,multilabel,multiclass",
         f"paths.root_dir={home}", "data.sample.n_subjects=40", "data.image_size=32",
-        "trainer.max_epochs=2", "unfreeze.max_blocks=1",
+        "trainer.max_epochs=2", "unfreeze.max_blocks=1", "stage_metrics=true",
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MIMIC_CXR"))}
     done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
@@ -57,6 +57,17 @@ def test_every_formulation_writes_complete_results(multirun):
             assert member["unfreeze_history"] == [{"epoch": 0, "blocks": []},
                                                   {"epoch": 1, "blocks": ["layer4.1"]}]
         assert metrics["train/total_time_s"] > 0
+        for member in result["members"]:  # stage_metrics=true: each stage's best epoch, tested
+            stages = member["stages"]
+            assert [(s["stage"], s["start_epoch"], s["epochs"]) for s in stages] == [
+                (0, 0, 1), (1, 1, 1)]
+            best = max(stages, key=lambda s: s["metrics"]["val/auroc/mean"])
+            assert best["metrics"]["val/auroc/mean"] == pytest.approx(
+                member["best_val_auroc_mean"])
+            for finding in member["findings"]:  # the best stage's checkpoint is the job's
+                for metric in ("auroc", "acc"):
+                    key = f"test/{metric}/{finding}"
+                    assert best["metrics"][key] == pytest.approx(metrics[key], abs=1e-6)
         assert result["config"]["data"]["source"] == "sample"
         manifest = pd.read_csv(next(multirun["sweep"].glob(f"*_{name}")) / "manifest.csv")
         test_ids = set(manifest.loc[manifest["split"] == "test", "image_id"])
@@ -128,6 +139,9 @@ def test_each_job_has_one_finished_wandb_run_with_the_same_summary_keys(multirun
                     "edema-unfreeze/stages", "effusion-unfreeze/stages"} <= set(run["summary"])
         else:
             assert {"val/auroc/mean", "unfreeze/stages"} <= set(run["summary"])
+        for finding in FINDINGS:  # W&B charts of the test ROC curve and confusion matrix
+            for chart in ("roc", "confusion_matrix"):
+                assert f"test/{chart}/{finding}_table" in run["summary"]
 
 
 def test_csv_logs_hold_each_models_curves(multirun):
