@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 from test_bundle_support import random_models, saved_model
 
-from cxr_lightning.data.cache import CacheSpec, resize_square
+from cxr_lightning.data.cache import CacheSpec, pad_box, resize_square
 from cxr_lightning.data.transforms import normalise_batch
 from cxr_lightning.findings import FINDINGS
 from cxr_lightning.inference.bundle import load_model
-from cxr_lightning.inference.geometry import pad_box, to_original_geometry
+from cxr_lightning.inference.geometry import to_original_geometry
 from cxr_lightning.inference.heatmaps import finding_heatmaps, gradcam_layer
 from cxr_lightning.inference.images import prepare_image
 from cxr_lightning.inference.network import FindingProbabilities

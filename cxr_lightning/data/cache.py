@@ -158,6 +158,14 @@ class BuildSummary:
     complete: bool
 
 
+def pad_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """``(top, left, new_h, new_w)``: where the ``pad`` policy puts an image in its square
+    (aspect kept, the longer side scaled to ``size``, centred, an odd remainder bottom/right)."""
+    scale = size / max(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    return (size - new_h) // 2, (size - new_w) // 2, new_h, new_w
+
+
 def resize_square(image: np.ndarray, size: int, policy: str = "pad",
                   interpolation: str = "area") -> np.ndarray:
     """Resize a 2-D uint8 image to (size, size) with a :class:`CacheSpec` resize policy."""
@@ -174,10 +182,8 @@ def resize_square(image: np.ndarray, size: int, policy: str = "pad",
                           interpolation=flag)
     if policy != "pad":
         raise ValueError(f"resize={policy!r}: expected one of {RESIZE_POLICIES}")
-    scale = size / max(height, width)
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    top, left, new_h, new_w = pad_box(height, width, size)
     padded = np.zeros((size, size), dtype=np.uint8)
-    top, left = (size - new_h) // 2, (size - new_w) // 2
     padded[top:top + new_h, left:left + new_w] = cv2.resize(image, (new_w, new_h),
                                                             interpolation=flag)
     return padded
@@ -449,10 +455,13 @@ def _decode_all(tasks: list[tuple[str, CacheSpec]],
     if num_workers <= 1 or len(tasks) <= 1:
         yield from map(_decode_task, tasks)
         return
-    # fork: workers start at once (spawn would re-import the training stack in each worker);
-    # one OpenCV thread each, since the pool already occupies the cores
-    with get_context("fork").Pool(num_workers, initializer=cv2.setNumThreads,
-                                  initargs=(1,)) as pool:
+    # forkserver, not fork: a process that has already run OpenCV's thread pool (or any other
+    # threads) can deadlock in a forked child; the server is a fresh interpreter with only this
+    # module preloaded, so workers fork from it at once. One OpenCV thread each, since the pool
+    # already occupies the cores.
+    context = get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    with context.Pool(num_workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
         yield from pool.imap(_decode_task, tasks, chunksize=4)
 
 

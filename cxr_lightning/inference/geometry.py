@@ -5,19 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from cxr_lightning.data.cache import CacheSpec
-
-
-def pad_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
-    """``(top, left, new_h, new_w)``: the image's place in the ``pad`` policy's square.
-
-    The same arithmetic as :func:`~cxr_lightning.data.cache.resize_square` (aspect kept, the
-    longer side scaled to ``size``, centred, an odd remainder to the bottom/right); a test
-    checks the two agree.
-    """
-    scale = size / max(height, width)
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    return (size - new_h) // 2, (size - new_w) // 2, new_h, new_w
+from cxr_lightning.data.cache import CacheSpec, pad_box
 
 
 def to_original_geometry(square_map: np.ndarray, original_shape: tuple[int, int],
