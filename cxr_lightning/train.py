@@ -41,7 +41,10 @@ from cxr_lightning.callbacks.stage_best import StageBest
 from cxr_lightning.callbacks.timing import EpochTimer
 from cxr_lightning.data.cohort import cohort_summary
 from cxr_lightning.data.datamodule import CXRDataModule
-from cxr_lightning.evaluation.metrics import known_labels, point_metrics
+from cxr_lightning.evaluation.metrics import THRESHOLD, known_labels, point_metrics
+from cxr_lightning.evaluation.thresholds import YOUDEN
+from cxr_lightning.findings import FINDINGS
+from cxr_lightning.inference.bundle import classifier_from_checkpoint, save_bundle
 from cxr_lightning.models.backbones import calibrate_batchnorm, is_random_init
 from cxr_lightning.models.classifier import CXRClassifier
 from cxr_lightning.models.formulations import Formulation, FormulationPlan
@@ -247,10 +250,27 @@ def train_and_test(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
     results["overrides"] = job_overrides()
     for record, (_, stages) in zip(results["members"], trained, strict=True):
         record["stages"] = stages
-    write_results(output_dir, results)
+    save_model(output_dir / "model.pt", cfg, plan, members, datamodule, results["thresholds"])
+    write_results(output_dir, results)  # last: its presence means the job completed
     log_job_summary(results["metrics"])
     log_job_plots(predictions, results["metrics"])
     return results
+
+
+def save_model(path: Path, cfg: DictConfig, plan: FormulationPlan, members: list[MemberResult],
+               datamodule: CXRDataModule, thresholds: dict[str, dict[str, float]]) -> None:
+    """The job's trained result as one self-describing file (every model's best weights, the
+    preprocessing, and the validation-chosen Youden thresholds for labels; 0.5 where a finding's
+    validation split had one class), for ``python -m cxr_lightning.predict`` and ``export``."""
+    save_bundle(
+        path, plan=plan,
+        models=[classifier_from_checkpoint(m.best_checkpoint, member)
+                for m, member in zip(members, plan.members, strict=True)],
+        spec=datamodule.spec,
+        thresholds={f: thresholds[f].get(YOUDEN, THRESHOLD) for f in FINDINGS},
+        threshold_record={"operating_point": YOUDEN, "rule": "probability > threshold",
+                          "operating_points": thresholds},
+        config=cfg)
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_CONF_DIR), config_name="train")

@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 
 from cxr_lightning.findings import FINDINGS
+from cxr_lightning.inference.bundle import load_model
+from cxr_lightning.inference.predictor import predict_files
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +59,21 @@ def test_every_formulation_writes_complete_results(multirun):
             assert member["unfreeze_history"] == [{"epoch": 0, "blocks": []},
                                                   {"epoch": 1, "blocks": ["layer4.1"]}]
         assert metrics["train/total_time_s"] > 0
+        job_dir = next(multirun["sweep"].glob(f"*_{name}"))
+        bundle = load_model(job_dir / "model.pt", formulation=name)  # weights_only
+        assert len(bundle.members) == len(result["members"])
+        assert bundle.thresholds == pytest.approx(
+            {f: result["thresholds"][f].get("youden", 0.5) for f in FINDINGS})
+        # model.pt on the raw DICOMs gives the probabilities the job recorded for them
+        sample = multirun["home"] / "data" / "mimic_cxr_sample"
+        manifest = pd.read_csv(job_dir / "manifest.csv")
+        tested = manifest[manifest["split"] == "test"].head(4)
+        predicted = predict_files(bundle, [sample / path for path in tested["path"]],
+                                  device="cpu")
+        recorded = predictions.set_index("image_id").loc[tested["image_id"]]
+        for finding in FINDINGS:
+            assert predicted[f"{finding}_prob"].to_numpy() == pytest.approx(
+                recorded[f"{finding}_prob"].to_numpy(), abs=1e-5)
         for member in result["members"]:  # stage_metrics=true: each stage's best epoch, tested
             stages = member["stages"]
             assert [(s["stage"], s["start_epoch"], s["epochs"]) for s in stages] == [
@@ -69,7 +86,6 @@ def test_every_formulation_writes_complete_results(multirun):
                     key = f"test/{metric}/{finding}"
                     assert best["metrics"][key] == pytest.approx(metrics[key], abs=1e-6)
         assert result["config"]["data"]["source"] == "sample"
-        manifest = pd.read_csv(next(multirun["sweep"].glob(f"*_{name}")) / "manifest.csv")
         test_ids = set(manifest.loc[manifest["split"] == "test", "image_id"])
         assert set(predictions["image_id"]) == test_ids
         val_predictions = pd.DataFrame(result["val_predictions"])
