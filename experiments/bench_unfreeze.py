@@ -7,7 +7,8 @@
 Each stage is one short ``trainer.fit`` of the real :class:`CXRClassifier` (multilabel
 formulation) with the real :class:`ProgressiveUnfreezing` callback, which freezes the backbone
 (``freeze_before_training``), unfreezes the stage's blocks at epoch 0 (explicit schedule
-``[(0, "all")]`` with ``until``) and keeps the frozen BatchNorm layers in eval mode at every step.
+``[(0, "all")]`` with ``until``) and keeps the frozen BatchNorm layers in eval mode at every step,
+folded into the convolutions before them (``fold_frozen_bn``, the default).
 Stages: ``head`` (backbone frozen), ``+layer4`` (every layer4 block unfrozen), ``+layer3`` and
 ``all``. The baseline ``naive-head`` is Lightning's default freeze,
 ``BaseFinetuning.freeze(backbone, train_bn=True)``: BatchNorm trains, so backward runs through

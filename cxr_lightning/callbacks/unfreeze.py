@@ -35,6 +35,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
 
+from cxr_lightning.callbacks.bn_folding import FrozenBatchNormFolding
+
 UNSUPPORTED_SCHEDULERS = (OneCycleLR, CyclicLR)
 """Schedulers that store per-group state at construction, which groups added later lack."""
 
@@ -62,10 +64,13 @@ class ProgressiveUnfreezing(BaseFinetuning):
     early: the next stage starts at the next epoch, and every later stage keeps its length.
 
     Frozen blocks keep their weights and, unless ``train_bn``, their BatchNorm layers in eval
-    mode (running statistics untouched, normalisation with them). With ``train_bn=True`` frozen
-    BatchNorm layers train, as in Lightning's ``BaseFinetuning.freeze``: their affine parameters
-    require grad from the start, so ``configure_optimizers`` puts them in the head's param group,
-    where they stay once their block is unfrozen.
+    mode (running statistics untouched, normalisation with them); with ``fold_frozen_bn``
+    (default) a frozen BatchNorm that follows a frozen convolution runs folded into it
+    (:mod:`~cxr_lightning.callbacks.bn_folding`: the same function, one pass fewer). With
+    ``train_bn=True`` frozen BatchNorm layers train, as in Lightning's
+    ``BaseFinetuning.freeze``: their affine parameters require grad from the start, so
+    ``configure_optimizers`` puts them in the head's param group, where they stay once their
+    block is unfrozen.
 
     Logs ``unfreeze/stage``, ``unfreeze/blocks`` (unfrozen block count) and
     ``unfreeze/trainable_params`` every epoch, and the names of the blocks each stage unfreezes
@@ -85,6 +90,7 @@ class ProgressiveUnfreezing(BaseFinetuning):
         monitor: str | None = None,
         patience: int | None = None,
         mode: str = "max",
+        fold_frozen_bn: bool = True,
     ) -> None:
         super().__init__()
         if interval is not None and interval < 1:
@@ -111,6 +117,8 @@ class ProgressiveUnfreezing(BaseFinetuning):
         self.monitor = monitor
         self.patience = patience
         self.mode = mode
+        self.fold_frozen_bn = fold_frozen_bn
+        self._folding: FrozenBatchNormFolding | None = None
         self._blocks: list[tuple[str, nn.Module]] = []
         self._stages: list[tuple[int, int]] = [(0, 0)]  # (nominal start epoch, blocks unfrozen)
         self._history: list[dict[str, Any]] = [{"epoch": 0, "blocks": []}]
@@ -216,6 +224,8 @@ class ProgressiveUnfreezing(BaseFinetuning):
                 "Use LambdaLR, StepLR, MultiStepLR, ExponentialLR, CosineAnnealingLR or "
                 "ReduceLROnPlateau")
         self._extend_schedulers(trainer, optimizer)
+        if self.fold_frozen_bn and not self.train_bn:
+            self._folding = FrozenBatchNormFolding(pl_module.backbone)
         self._collect_frozen_bns(pl_module)
 
     def finetune_function(
@@ -285,9 +295,19 @@ class ProgressiveUnfreezing(BaseFinetuning):
             bn.train(False)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Hand the module back with every layer in train mode, as Lightning expects."""
+        """Hand the module back as it came: BatchNorm unfolded, every layer in train mode."""
+        self._unfold()
         for bn in self._frozen_bns:
             bn.train(True)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                     exception: BaseException) -> None:
+        """Unfold BatchNorm, so a failed fit leaves the module unchanged."""
+        self._unfold()
+
+    def _unfold(self) -> None:
+        if self._folding is not None:
+            self._folding.unfold()
 
     def _resolve_stages(self, names: list[str]) -> list[tuple[int, int]]:
         """``[(nominal start epoch, blocks unfrozen)]`` per stage, stage 0 first, capped."""
@@ -365,7 +385,8 @@ class ProgressiveUnfreezing(BaseFinetuning):
                     values.extend(values[0] for _ in groups[len(values):])
 
     def _collect_frozen_bns(self, pl_module: pl.LightningModule) -> None:
-        """The BatchNorm layers to keep in eval mode: those of the still-frozen backbone."""
+        """The BatchNorm layers to keep in eval mode: those of the still-frozen backbone (folded
+        into their convolutions with ``fold_frozen_bn``)."""
         if self.train_bn:
             self._frozen_bns = []
             return
@@ -379,6 +400,8 @@ class ProgressiveUnfreezing(BaseFinetuning):
             for module in pl_module.backbone.modules()
             if isinstance(module, _BatchNorm) and id(module) not in unfrozen
         ]
+        if self._folding is not None:
+            self._folding.refold(self._frozen_bns)
 
 
 def _param_ids(optimizer: Optimizer) -> set[int]:
