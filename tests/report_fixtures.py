@@ -124,15 +124,17 @@ def write_job(sweep_dir: Path, num: int, formulation: str, predictions: pd.DataF
 
 
 def tiny_sweep(base_temp: Path) -> Path:
-    """The three formulations on a tiny generated sample through the real CLI (~40-60 s), run
-    once per pytest session: later callers get the sweep directory the first one made."""
+    """A CI-sized experiment II sweep (the three formulations, one seed) on a tiny generated
+    sample through the real CLI (~40-60 s), run once per pytest session: later callers get the
+    sweep directory the first one made."""
     home = base_temp / "report_tiny_sweep"
     done_marker = home / "sweep_dir.txt"
     if done_marker.is_file():
         return Path(done_marker.read_text())
     home.mkdir(exist_ok=True)
     command = [sys.executable, "-m", "cxr_lightning.train", "-m",
-               "formulation=binary,multilabel,multiclass", f"paths.root_dir={home}",
+               "experiment=exp2_formulations", "hydra.sweeper.params.seed=1",
+               f"paths.root_dir={home}",
                "data.sample.n_subjects=40", "data.image_size=32", "trainer.max_epochs=2",
                "unfreeze.max_blocks=1"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MIMIC_CXR"))}
