@@ -20,6 +20,7 @@ import os
 import secrets
 import sys
 import traceback
+import warnings
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
@@ -117,11 +118,9 @@ def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
     predictor = pl.Trainer(accelerator=trainer.strategy.root_device.type, devices=1,
                            precision=cfg.trainer.precision, logger=False,
                            enable_checkpointing=False, enable_model_summary=False)
-    probabilities = {}
-    for split in ("test", "val"):
-        datamodule.predict_split = split
-        probabilities[split] = predictor.predict(model, datamodule=datamodule,
-                                                 ckpt_path=checkpoint.best_model_path)
+    probabilities = {split: predict_split(predictor, model, datamodule, split,
+                                          checkpoint.best_model_path)
+                     for split in ("test", "val")}
     result = MemberResult(
         name=name,
         findings=member.findings,
@@ -132,13 +131,23 @@ def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
         best_checkpoint=checkpoint.best_model_path,
         probabilities=probabilities,
     )
-    datamodule.predict_split = "test"
     for record in stages.records:
         if record["checkpoint"] is not None:  # stage_metrics: test each stage's best epoch
-            stage = replace(result, probabilities={"test": predictor.predict(
-                model, datamodule=datamodule, ckpt_path=record["checkpoint"])})
+            stage = replace(result, probabilities={"test": predict_split(
+                predictor, model, datamodule, "test", record["checkpoint"])})
             record["metrics"].update(stage_test_metrics(datamodule, stage))
     return result, stages.records
+
+
+def predict_split(predictor: pl.Trainer, model: CXRClassifier, datamodule: CXRDataModule,
+                  split: str, checkpoint: str) -> list[torch.Tensor]:
+    """Per-finding probabilities of one split with a checkpoint's weights. The predictor has no
+    training callbacks on purpose (restoring them would rewind their state), so Lightning's
+    warning that they are missing is silenced."""
+    datamodule.predict_split = split
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")
+        return predictor.predict(model, datamodule=datamodule, ckpt_path=checkpoint)
 
 
 def stage_test_metrics(datamodule: CXRDataModule, member: MemberResult) -> dict[str, float | None]:
