@@ -13,15 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 import wandb
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
-from torchmetrics.functional.classification import binary_roc
 
-from cxr_lightning.evaluation.metrics import known_labels
+from cxr_lightning.evaluation.curves import roc_curve
 from cxr_lightning.findings import FINDINGS
 
 log = logging.getLogger(__name__)
@@ -77,13 +75,15 @@ def log_job_plots(predictions: pd.DataFrame, metrics: dict[str, Any]) -> None:
         return
     charts = {}
     for finding in FINDINGS:
-        target, probability = known_labels(predictions, finding)
-        fpr, tpr, _ = binary_roc(torch.tensor(probability), torch.tensor(target))
-        roc = wandb.Table(columns=["fpr", "tpr"], data=list(zip(fpr.tolist(), tpr.tolist(),
-                                                                    strict=True)))
-        auroc = metrics[f"test/auroc/{finding}"]
-        charts[f"test/roc/{finding}"] = wandb.plot.line(
-            roc, "fpr", "tpr", title=f"Test ROC, {finding} (AUROC {auroc:.3f})")
+        try:
+            curve = roc_curve(predictions, finding)
+        except ValueError as error:  # one class among the test labels: no curve to draw
+            log.warning("No W&B ROC chart: %s", error)
+        else:
+            roc = wandb.Table(dataframe=curve[["fpr", "tpr"]])
+            auroc = metrics[f"test/auroc/{finding}"]
+            charts[f"test/roc/{finding}"] = wandb.plot.line(
+                roc, "fpr", "tpr", title=f"Test ROC, {finding} (AUROC {auroc:.3f})")
         (tn, fp), (fn, tp) = metrics[f"test/confusion/{finding}"]
         counts = wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=[
             ["absent", "absent", tn], ["absent", "present", fp],

@@ -20,6 +20,18 @@ FPR_GRID = np.linspace(0.0, 1.0, 101)
 ROC_BAND_COLUMNS: tuple[str, ...] = ("fpr", "tpr", "tpr_low", "tpr_high")
 
 
+def roc_curve(predictions: pd.DataFrame, finding: str) -> pd.DataFrame:
+    """One finding's ROC curve on the labelled images of ``predictions`` (torchmetrics'
+    ``binary_roc``): columns ``fpr``, ``tpr``, ``threshold``. Raises ``ValueError`` when the
+    labels hold one class only (no curve exists)."""
+    target, probability = known_labels(predictions, finding)
+    if not 0 < target.sum() < len(target):
+        raise ValueError(f"{finding}: the {len(target)} labelled images hold one class only: "
+                         "no ROC curve")
+    fpr, tpr, threshold = binary_roc(torch.tensor(probability), torch.tensor(target))
+    return pd.DataFrame({"fpr": fpr.numpy(), "tpr": tpr.numpy(), "threshold": threshold.numpy()})
+
+
 def roc_band(predictions: pd.DataFrame, finding: str, *, fpr_grid: np.ndarray = FPR_GRID,
              n_bootstrap: int = N_BOOTSTRAP, seed: int = 0,
              level: float = CI_LEVEL) -> pd.DataFrame:
@@ -28,15 +40,13 @@ def roc_band(predictions: pd.DataFrame, finding: str, *, fpr_grid: np.ndarray = 
     interpolated; at a vertical step the upper point) and the pointwise percentile band
     ``tpr_low``/``tpr_high`` of the same curve over patient-level cluster bootstrap resamples
     (``subject_id``). Raises ``ValueError`` when the labels hold one class only."""
+    curve = roc_curve(predictions, finding)
     target, probability = known_labels(predictions, finding)
-    if not 0 < target.sum() < len(target):
-        raise ValueError(f"{finding}: the {len(target)} labelled images hold one class only: "
-                         "no ROC curve")
-    fpr, tpr, _ = binary_roc(torch.tensor(probability), torch.tensor(target))
     labelled = predictions[finding].notna().to_numpy()
     bootstrap = cluster_bootstrap(predictions.loc[labelled, "subject_id"], n_bootstrap, seed)
     curves = rank_metrics(bootstrap, target, probability, fpr_grid=np.asarray(fpr_grid))["tpr"]
     low, high = percentile_interval(curves, level, name=f"{finding} ROC band")
     return pd.DataFrame({"fpr": fpr_grid,
-                         "tpr": np.interp(fpr_grid, fpr.double().numpy(), tpr.double().numpy()),
+                         "tpr": np.interp(fpr_grid, curve["fpr"].to_numpy(dtype=float),
+                                          curve["tpr"].to_numpy(dtype=float)),
                          "tpr_low": low, "tpr_high": high})

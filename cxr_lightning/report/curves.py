@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pandas as pd
-import torch
-from torchmetrics.functional.classification import binary_auroc, binary_roc
 
 from cxr_lightning.evaluation.bootstrap import N_BOOTSTRAP
 from cxr_lightning.evaluation.calibration import reliability_curve
-from cxr_lightning.evaluation.curves import roc_band
+from cxr_lightning.evaluation.curves import roc_band, roc_curve
 from cxr_lightning.evaluation.metrics import known_labels
 from cxr_lightning.report.load import JobResult, describe_jobs
 
@@ -47,11 +46,8 @@ def roc_points(jobs: list[JobResult], finding: str) -> tuple[pd.DataFrame, list[
     kept, notes = _with_both_classes(jobs, finding)
     curves = []
     for job in kept:
-        target, probability = (torch.tensor(a) for a in known_labels(job.predictions, finding))
-        fpr, tpr, threshold = binary_roc(probability, target)
-        curve = pd.DataFrame({"fpr": fpr.numpy(), "tpr": tpr.numpy(),
-                              "threshold": threshold.numpy(),
-                              "auc": float(binary_auroc(probability, target))})
+        curve = roc_curve(job.predictions, finding)
+        curve["auc"] = float(np.trapezoid(curve["tpr"], curve["fpr"]))  # the area under it
         curves.append(_labelled(curve, job, settings)[list(ROC_COLUMNS)])
     frame = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=ROC_COLUMNS)
     return frame, notes
