@@ -73,12 +73,17 @@ class FrozenBatchNormFolding:
     def __init__(self, module: nn.Module) -> None:
         self.pairs = conv_bn_pairs(module)
         self.folded: list[tuple[nn.Conv2d, _BatchNorm]] = []
+        self._frozen: set[int] = set()
 
     def refold(self, frozen_bns: Iterable[_BatchNorm]) -> int:
         """Fold every pair whose BatchNorm is in ``frozen_bns`` (kept in eval mode) and whose
-        convolution is frozen; unfold the others. Returns how many pairs are folded."""
-        self.unfold()
+        convolution is frozen; unfold the others. Returns how many pairs are folded. The same
+        frozen set as last time (a new epoch of the same stage) keeps the folds it has."""
         frozen = {id(bn) for bn in frozen_bns}
+        if self.folded and frozen == self._frozen:
+            return len(self.folded)
+        self.unfold()
+        self._frozen = frozen
         for conv, bn in self.pairs:
             # eval mode normalises with the running statistics (Lightning's freeze also sets
             # track_running_stats=False, which only matters in training mode)
