@@ -136,7 +136,8 @@ def tiny_sweep(base_temp: Path) -> Path:
                "experiment=exp2_formulations", "hydra.sweeper.params.seed=1",
                f"paths.root_dir={home}",
                "data.sample.n_subjects=40", "data.image_size=32", "trainer.max_epochs=2",
-               "unfreeze.max_blocks=1"]
+               "unfreeze.max_blocks=1",
+               "callbacks.model_checkpoint.save_last=false"]  # no resume here: spare the disk
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MIMIC_CXR"))}
     run = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
                          timeout=900)

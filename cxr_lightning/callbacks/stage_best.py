@@ -14,8 +14,9 @@ from cxr_lightning.callbacks.unfreeze import ProgressiveUnfreezing
 
 class StageBest(pl.Callback):
     """Record, per stage of ``unfreezing``, the epoch where ``monitor`` was best and every
-    ``val/`` metric at that epoch; with ``dirpath``, also save that epoch's checkpoint as
-    ``dirpath/stage{k}.ckpt`` (so each stage can be tested afterwards: experiment I).
+    ``val/`` metric at that epoch; with ``dirpath``, also save that epoch's weights as
+    ``dirpath/stage{k}.ckpt`` (so each stage can be tested afterwards: experiment I). These are
+    weights-only checkpoints, half the size of a full one: resuming uses ``last.ckpt``.
 
     :attr:`records` holds one dict per stage begun: ``stage``, ``start_epoch``, ``blocks`` (the
     names it unfroze), ``epochs`` (validated so far), ``best_epoch``, ``metrics`` and
@@ -67,5 +68,5 @@ class StageBest(pl.Callback):
                                  if key.startswith("val/") and metric.numel() == 1}
             if self.dirpath is not None:
                 path = self.dirpath / f"stage{stage}.ckpt"
-                trainer.save_checkpoint(path)
+                trainer.save_checkpoint(path, weights_only=True)
                 record["checkpoint"] = str(path)
