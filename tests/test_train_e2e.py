@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from cxr_lightning.findings import FINDINGS
 from cxr_lightning.inference.bundle import load_model
@@ -78,6 +79,9 @@ def test_every_formulation_writes_complete_results(multirun):
             stages = member["stages"]
             assert [(s["stage"], s["start_epoch"], s["epochs"]) for s in stages] == [
                 (0, 0, 1), (1, 1, 1)]
+            for stage in stages:  # weights only: resuming uses last.ckpt, these are tested
+                saved = torch.load(stage["checkpoint"], map_location="cpu", weights_only=True)
+                assert "state_dict" in saved and "optimizer_states" not in saved
             best = max(stages, key=lambda s: s["metrics"]["val/auroc/mean"])
             assert best["metrics"]["val/auroc/mean"] == pytest.approx(
                 member["best_val_auroc_mean"])
