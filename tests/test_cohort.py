@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import sample_tables
 
 from cxr_lightning.data.cohort import CohortOptions, main
 from cxr_lightning.data.mimic import build_mimic_manifest
@@ -20,7 +21,7 @@ RELABELLED = {"zeros": (0.0, 0.0), "ones": (1.0, 0.0), "mask": (np.nan, np.nan)}
 
 
 def _raw(root, name):
-    return pd.read_csv(root / f"mimic-cxr-2.0.0-{name}.csv.gz")
+    return pd.read_csv(sample_tables(root) / f"mimic-cxr-2.0.0-{name}.csv.gz")
 
 
 def _images(root, labeler="chexpert"):
@@ -73,6 +74,7 @@ def test_default_drops_uncertain_and_blank_counting_each_image_under_its_first_r
         "effusion_uncertain": (_known(edema) & (effusion == -1)).sum(),
         "effusion_blank": (_known(edema) & effusion.isna()).sum(),
         "not_in_split_csv": 0,
+        "not_in_record_list": 0,
     }
     assert report.images_in_cohort == (_known(edema) & _known(effusion)).sum()
     assert report.options == CohortOptions().to_dict()
@@ -116,8 +118,9 @@ def test_random_patient_split_is_seeded_patient_level_and_80_10_10(small_sample)
 
 
 def test_random_patient_split_needs_no_split_csv(small_sample, tmp_path):
+    (tmp_path / "files").mkdir()  # the tables alone: no image is read here
     for name in ("chexpert", "metadata"):
-        shutil.copy(small_sample / f"mimic-cxr-2.0.0-{name}.csv.gz", tmp_path)
+        shutil.copy(sample_tables(small_sample) / f"mimic-cxr-2.0.0-{name}.csv.gz", tmp_path)
     manifest, _ = build_mimic_manifest(tmp_path, split="random_patient")
     assert len(manifest) == build_mimic_manifest(small_sample)[1].images_in_cohort
     with pytest.raises(FileNotFoundError, match="split.csv.gz"):
@@ -125,8 +128,9 @@ def test_random_patient_split_needs_no_split_csv(small_sample, tmp_path):
 
 
 def test_images_missing_from_the_official_split_are_counted(small_sample, tmp_path):
+    (tmp_path / "files").mkdir()  # the tables alone: no image is read here
     for name in ("chexpert", "metadata"):
-        shutil.copy(small_sample / f"mimic-cxr-2.0.0-{name}.csv.gz", tmp_path)
+        shutil.copy(sample_tables(small_sample) / f"mimic-cxr-2.0.0-{name}.csv.gz", tmp_path)
     split = _raw(small_sample, "split")
     split.iloc[10:].to_csv(tmp_path / "mimic-cxr-2.0.0-split.csv.gz", index=False)
     manifest, report = build_mimic_manifest(tmp_path)

@@ -11,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from conftest import sample_tables
 
 from cxr_lightning.data import cache as cache_module
 from cxr_lightning.data.cache import CacheSpec, build_image_cache, cache_directory
@@ -96,7 +97,8 @@ def test_cache_is_reused_and_keyed_by_parameters(small_sample, tmp_path):
 def test_undecodable_images_are_recorded_and_skipped(small_sample, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(small_sample, root)
-    manifest, _ = build_mimic_manifest(root, source="sample")
+    manifest, _ = build_mimic_manifest(root, source="sample",
+                                       labels_root=sample_tables(small_sample))
     broken = manifest.iloc[3]
     (root / broken["path"]).write_bytes(b"not a dicom file")
     (root / manifest.iloc[5]["path"]).unlink()
@@ -128,7 +130,7 @@ def test_jpg_tree_matches_equalised_dicoms(small_sample, tmp_path):
     manifest, _ = build_mimic_manifest(small_sample, source="sample")
     jpg_root.mkdir()
     for name in ("chexpert", "metadata", "split"):
-        shutil.copy(small_sample / f"mimic-cxr-2.0.0-{name}.csv.gz", jpg_root)
+        shutil.copy(sample_tables(small_sample) / f"mimic-cxr-2.0.0-{name}.csv.gz", jpg_root)
     for path in manifest["path"]:
         target = jpg_root / Path(path).with_suffix(".jpg")
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,16 @@
 """MIMIC adapter: the study's cohort and the patient-level split, checked against the raw CSVs."""
 
 import gzip
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import sample_tables
 
 from cxr_lightning.data.manifest import (
     MANIFEST_COLUMNS,
@@ -12,11 +18,11 @@ from cxr_lightning.data.manifest import (
     random_patient_split,
     validate_manifest,
 )
-from cxr_lightning.data.mimic import build_mimic_manifest
+from cxr_lightning.data.mimic import MissingDataError, build_mimic_manifest, resolve_layout
 
 
 def _raw(root, name):
-    with gzip.open(root / f"mimic-cxr-2.0.0-{name}.csv.gz", "rt") as handle:
+    with gzip.open(sample_tables(root) / f"mimic-cxr-2.0.0-{name}.csv.gz", "rt") as handle:
         return pd.read_csv(handle)
 
 
@@ -66,9 +72,78 @@ def test_cohort_table_counts_combinations_per_split(small_sample):
     assert table.loc["1,1", "train"] == both
 
 
-def test_missing_csv_names_the_file_and_the_fix(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"mimic-cxr-2.0.0-chexpert.csv.gz.*data.root"):
-        build_mimic_manifest(tmp_path)
+def _download(tmp_path, small_sample, version="2.0.0", tables_version="2.0.0"):
+    """A copy of the sample as a PhysioNet download: DICOM project and JPG project's tables."""
+    files = tmp_path / "physionet.org" / "files"
+    images = shutil.copytree(small_sample, files / "mimic-cxr" / version)
+    shutil.copytree(sample_tables(small_sample), files / "mimic-cxr-jpg" / tables_version)
+    return images, files / "mimic-cxr-jpg" / tables_version
+
+
+@pytest.mark.parametrize("tables_version", ["2.0.0", "2.1.0"])
+def test_tables_are_found_in_the_sibling_jpg_project(small_sample, tmp_path, tables_version):
+    images, tables = _download(tmp_path, small_sample, tables_version=tables_version)
+    assert not list(images.glob("*chexpert*"))  # the DICOM project has no tables
+    layout = resolve_layout(images)
+    assert (layout.images, layout.labels) == (images, tables)
+    manifest, _ = build_mimic_manifest(images)
+    assert len(manifest) == len(build_mimic_manifest(small_sample)[0]) > 0
+    assert all((images / path).is_file() for path in manifest["path"])
+
+
+def test_labels_root_and_single_directory_layouts(small_sample, tmp_path):
+    images, tables = _download(tmp_path, small_sample)
+    elsewhere = shutil.move(tables, tmp_path / "labels")
+    with pytest.raises(MissingDataError):
+        build_mimic_manifest(images)
+    explicit, _ = build_mimic_manifest(images, labels_root=elsewhere)
+    single = shutil.copytree(images, tmp_path / "single")
+    for table in Path(elsewhere).iterdir():
+        shutil.copy(table, single)
+    assert explicit["image_id"].tolist() == build_mimic_manifest(single)[0]["image_id"].tolist()
+
+
+def test_missing_files_are_named_with_their_roots_and_projects(small_sample, tmp_path):
+    images, tables = _download(tmp_path, small_sample)
+    (tables / "mimic-cxr-2.0.0-split.csv.gz").unlink()
+    with pytest.raises(MissingDataError) as raised:
+        build_mimic_manifest(images)
+    message = str(raised.value)
+    assert "mimic-cxr-2.0.0-split.csv.gz not found" in message
+    assert "chexpert.csv.gz" not in message  # only what is missing
+    assert str(images) in message and str(tables) in message  # where it looked
+    assert "MIMIC-CXR-JPG (physionet.org/files/mimic-cxr-jpg/" in message
+    assert "data.labels_root" in message and "MIMIC_CXR_JPG_ROOT" in message
+    assert build_mimic_manifest(images, split="random_patient")[0]["split"].notna().all()
+    with pytest.raises(MissingDataError, match=r"files is not a directory.*MIMIC_CXR_ROOT"):
+        build_mimic_manifest(tmp_path / "nowhere", labels_root=tables)
+
+
+def test_image_paths_come_from_the_record_list(small_sample, tmp_path):
+    images, _ = _download(tmp_path, small_sample)
+    records = pd.read_csv(images / "cxr-record-list.csv.gz")
+    assert list(records.columns) == ["subject_id", "study_id", "dicom_id", "path"]
+    moved, dropped = records["dicom_id"].iloc[0], records["dicom_id"].iloc[1]
+    target = Path("files", "elsewhere", f"{moved}.dcm")
+    (images / target).parent.mkdir(parents=True)
+    shutil.move(images / records["path"].iloc[0], images / target)
+    records.loc[0, "path"] = target.as_posix()
+    records.drop(index=1).to_csv(images / "cxr-record-list.csv.gz", index=False)
+    manifest, report = build_mimic_manifest(images, label_policy="mask")
+    paths = manifest.set_index("image_id")["path"]
+    assert paths[moved] == target.as_posix() and dropped not in paths.index
+    assert report.dropped["not_in_record_list"] == 1
+
+
+def test_cohort_cli_reads_a_download_and_names_what_is_missing(small_sample, tmp_path):
+    images, tables = _download(tmp_path, small_sample)
+    run = [sys.executable, "-m", "cxr_lightning.data.cohort", "--root", str(images)]
+    counts = json.loads(subprocess.run(run, capture_output=True, text=True, check=True).stdout)
+    assert counts["images_in_cohort"] == build_mimic_manifest(small_sample)[1].images_in_cohort
+    shutil.rmtree(tables)
+    failed = subprocess.run(run, capture_output=True, text=True)
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr
+    assert "mimic-cxr-2.0.0-chexpert.csv.gz" in failed.stderr and "MIMIC-CXR-JPG" in failed.stderr
 
 
 def test_random_patient_split_is_seeded_patient_level_and_proportional():

@@ -16,15 +16,19 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from conftest import sample_tables
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from cxr_lightning.data.sample import (
     CHEXPERT_FINDINGS,
     COHORT_COUNTS,
+    LAYOUTS,
     generate_sample,
     is_complete_sample,
     main,
+    sample_directories,
+    sample_out_dir,
     sample_study_labels,
 )
 
@@ -53,7 +57,7 @@ COHORT = {(0, 0): 11548, (0, 1): 5709, (1, 0): 2310, (1, 1): 14136}
 
 
 def _read(root: Path, table: str) -> pd.DataFrame:
-    return pd.read_csv(root / TABLES[table])
+    return pd.read_csv(sample_tables(root) / TABLES[table])
 
 
 def _path(root: Path, row: pd.Series) -> Path:
@@ -127,7 +131,7 @@ def test_tables_are_gzip_csvs_with_exact_mimic_columns(sample: Path) -> None:
     expected = {"chexpert": LABEL_COLUMNS, "negbio": LABEL_COLUMNS,
                 "metadata": METADATA_COLUMNS, "split": SPLIT_COLUMNS}
     for name, columns in expected.items():
-        with gzip.open(sample / TABLES[name], "rt") as handle:
+        with gzip.open(sample_tables(sample) / TABLES[name], "rt") as handle:
             header = handle.readline().rstrip("\n")
         assert header.split(",") == columns, name
 
@@ -326,7 +330,7 @@ def _pixels(root: Path) -> dict[str, np.ndarray]:
 def test_same_seed_gives_identical_tables_and_pixels(small_samples: dict[str, Path]) -> None:
     a, b = small_samples["a"], small_samples["b"]
     for name in TABLES.values():
-        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+        assert (sample_tables(a) / name).read_bytes() == (sample_tables(b) / name).read_bytes()
     pixels_a, pixels_b = _pixels(a), _pixels(b)
     assert pixels_a.keys() == pixels_b.keys()
     for dicom_id, pixels in pixels_a.items():
@@ -339,7 +343,8 @@ def test_compression_is_lossless(small_samples: dict[str, Path]) -> None:
                 for p in (compressed / "files").rglob("*.dcm")}
     assert {RLELossless, JPEG2000Lossless} <= syntaxes
     for name in TABLES.values():
-        assert (compressed / name).read_bytes() == (plain / name).read_bytes(), name
+        assert (sample_tables(compressed) / name).read_bytes() == (
+            sample_tables(plain) / name).read_bytes(), name
     pixels_plain = _pixels(plain)
     for dicom_id, pixels in _pixels(compressed).items():
         np.testing.assert_array_equal(pixels, pixels_plain[dicom_id])
@@ -348,7 +353,8 @@ def test_compression_is_lossless(small_samples: dict[str, Path]) -> None:
 def test_different_seed_gives_different_sample(small_samples: dict[str, Path]) -> None:
     a, other = small_samples["a"], small_samples["other"]
     for name in TABLES.values():
-        assert (a / name).read_bytes() != (other / name).read_bytes(), name
+        assert (sample_tables(a) / name).read_bytes() != (
+            sample_tables(other) / name).read_bytes(), name
     first_a = next(iter(_pixels(a).values()))
     first_other = next(iter(_pixels(other).values()))
     assert first_a.shape != first_other.shape or not np.array_equal(first_a, first_other)
@@ -372,26 +378,49 @@ def test_marker_and_completeness(small_samples: dict[str, Path], tmp_path: Path)
 
 def test_existing_sample_is_not_overwritten_silently(tmp_path: Path) -> None:
     root = generate_sample(tmp_path / "s", n_subjects=2, seed=1, workers=1)
-    before = (root / TABLES["chexpert"]).read_bytes()
-    with pytest.raises(FileExistsError, match=re.escape(str(root))):
-        generate_sample(root, n_subjects=2, seed=2, workers=1)
-    assert (root / TABLES["chexpert"]).read_bytes() == before
-    generate_sample(root, n_subjects=3, seed=2, workers=1, overwrite=True)
+    chexpert = sample_tables(root) / TABLES["chexpert"]
+    before = chexpert.read_bytes()
+    with pytest.raises(FileExistsError, match=re.escape(str(sample_tables(root)))):
+        generate_sample(tmp_path / "s", n_subjects=2, seed=2, workers=1)
+    assert chexpert.read_bytes() == before
+    generate_sample(tmp_path / "s", n_subjects=3, seed=2, workers=1, overwrite=True)
     assert is_complete_sample(root)
     assert json.loads((root / "SAMPLE_COMPLETE").read_text())["n_subjects"] == 3
     metadata = _read(root, "metadata")
     assert len(list((root / "files").rglob("*.dcm"))) == len(metadata)
 
 
-def test_refuses_to_overwrite_tables_without_marker(tmp_path: Path) -> None:
-    (tmp_path / TABLES["chexpert"]).write_bytes(b"real data")
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_refuses_to_overwrite_tables_without_marker(tmp_path: Path, layout: str) -> None:
+    tables = sample_directories(tmp_path, layout)[1]
+    tables.mkdir(parents=True, exist_ok=True)
+    (tables / TABLES["chexpert"]).write_bytes(b"real data")
     with pytest.raises(FileExistsError):
-        generate_sample(tmp_path, n_subjects=2, overwrite=True)
-    assert (tmp_path / TABLES["chexpert"]).read_bytes() == b"real data"
+        generate_sample(tmp_path, n_subjects=2, overwrite=True, layout=layout)
+    assert (tables / TABLES["chexpert"]).read_bytes() == b"real data"
+
+
+def test_layouts_hold_the_same_sample(tmp_path: Path) -> None:
+    physionet = generate_sample(tmp_path / "p", n_subjects=3, seed=4, workers=1)
+    single = generate_sample(tmp_path / "s", n_subjects=3, seed=4, workers=1, layout="single")
+    assert physionet == tmp_path / "p" / "physionet.org" / "files" / "mimic-cxr" / "2.0.0"
+    assert single == tmp_path / "s" and is_complete_sample(single)
+    for name in TABLES.values():
+        assert (sample_tables(physionet) / name).read_bytes() == (single / name).read_bytes()
+        assert not (physionet / name).exists()
+    records = pd.read_csv(physionet / "cxr-record-list.csv.gz")
+    assert sorted(records["dicom_id"]) == sorted(_read(physionet, "metadata")["dicom_id"])
+    for row in records.itertuples():
+        assert (physionet / row.path).read_bytes() == (single / row.path).read_bytes()
+    studies = pd.read_csv(physionet / "cxr-study-list.csv.gz")
+    assert list(studies.columns) == ["subject_id", "study_id", "path"]
+    assert len(studies) == records["study_id"].nunique()
+    assert sample_out_dir(physionet) == (tmp_path / "p", "physionet")
+    assert sample_out_dir(single) == (single, "single")
 
 
 def test_cli_writes_a_complete_sample_without_printing(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     main(["--out", str(tmp_path / "cli"), "--n-subjects", "2", "--seed", "5", "--workers", "1"])
-    assert is_complete_sample(tmp_path / "cli")
+    assert is_complete_sample(sample_directories(tmp_path / "cli")[0])
     assert capsys.readouterr().out == ""

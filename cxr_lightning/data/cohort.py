@@ -162,7 +162,10 @@ def _policy_pair(text: str) -> tuple[str, str]:
 def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, CohortOptions]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, required=True,
-                        help="MIMIC-CXR directory holding the mimic-cxr-2.0.0-*.csv.gz files")
+                        help="MIMIC-CXR directory holding files/ (data.root, MIMIC_CXR_ROOT)")
+    parser.add_argument("--labels-root", type=Path, default=None,
+                        help="directory holding the mimic-cxr-2.0.0-*.csv.gz tables (default: "
+                             "--root if it holds them, else the sibling MIMIC-CXR-JPG project)")
     parser.add_argument("--labeler", choices=LABELERS, default="chexpert")
     parser.add_argument("--policy", nargs="+", type=_policy_pair, default=[],
                         metavar="FINDING=POLICY",
@@ -184,11 +187,15 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, CohortO
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point: log (and optionally save) the cohort table, print its JSON."""
     # Imported here: the MIMIC adapter imports this module for the options and label policies.
-    from cxr_lightning.data.mimic import build_mimic_manifest
+    from cxr_lightning.data.mimic import MissingDataError, build_mimic_manifest
 
     args, options = _parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
-    manifest, report = build_mimic_manifest(args.root, **options.to_dict())
+    try:
+        manifest, report = build_mimic_manifest(args.root, labels_root=args.labels_root,
+                                                **options.to_dict())
+    except MissingDataError as error:
+        raise SystemExit(f"error: {error}") from None
     summary = cohort_summary(manifest, report)
     log.info("Cohort of %s with %s:\n%s", args.root, options.to_dict(), summary.to_string())
     if args.out is not None:

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from cxr_lightning.data.cache import CacheSpec, ImageCache, build_image_cache, open_image_cache
 from cxr_lightning.data.cohort import cohort_summary
 from cxr_lightning.data.manifest import CohortReport
-from cxr_lightning.data.sample import generate_sample, is_complete_sample
+from cxr_lightning.data.sample import generate_sample, is_complete_sample, sample_out_dir
 from cxr_lightning.data.sources import build_manifest
 from cxr_lightning.data.transforms import normalise_batch, training_augmentation
 from cxr_lightning.findings import FINDINGS
@@ -58,7 +58,10 @@ class CXRDataModule(pl.LightningDataModule):
     """Streams a MIMIC-CXR-format source at ``image_size`` from a cache built once.
 
     With ``sample`` set (a dict of generator arguments), a MIMIC-CXR-format sample is generated
-    into ``root`` first when ``root`` holds no complete sample.
+    first when ``root`` holds no complete sample: in PhysioNet's layout when ``root`` is a
+    ``.../physionet.org/files/mimic-cxr/2.0.0`` path (the tables then go to the sibling
+    MIMIC-CXR-JPG project), else all into ``root``. ``labels_root`` is where MIMIC-CXR-JPG's
+    tables are (default: found from ``root``, see :func:`~cxr_lightning.data.mimic.resolve_layout`).
     """
 
     def __init__(
@@ -81,12 +84,14 @@ class CXRDataModule(pl.LightningDataModule):
         cache_url: str | None = None,
         sample: dict | None = None,
         channels: int = 3,
+        labels_root: str | None = None,
     ) -> None:
         super().__init__()
         if root is None:
             raise ValueError("data.root is not set: point it (or MIMIC_CXR_ROOT) at MIMIC-CXR, "
                              "or use the embedded sample with preset=sample")
         self.root = Path(root)
+        self.labels_root = labels_root
         self.source = source
         self.cohort_options = {"labeler": labeler, "label_policy": label_policy, "views": views,
                                "split": split, "split_seed": split_seed}
@@ -113,16 +118,17 @@ class CXRDataModule(pl.LightningDataModule):
         if self.manifest is not None:
             return
         if self.sample is not None and not is_complete_sample(self.root):
-            log.info("Generating the MIMIC-CXR-format sample into %s", self.root)
-            generate_sample(self.root, **self.sample)
+            out_dir, layout = sample_out_dir(self.root)
+            log.info("Generating the MIMIC-CXR-format sample (%s layout) into %s", layout, out_dir)
+            generate_sample(out_dir, layout=layout, **self.sample)
         self._load()
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()
 
     def _load(self) -> None:
-        manifest, self.cohort_report = build_manifest(self.source, self.root,
-                                                      **self.cohort_options)
+        manifest, self.cohort_report = build_manifest(
+            self.source, self.root, labels_root=self.labels_root, **self.cohort_options)
         self.cache = (self._remote_cache(manifest) if self.cache_url else build_image_cache(
             manifest, self.root, self.cache_dir, self.spec, self.cache_workers))
         decoded = manifest["image_id"].isin(self.cache.row_of)

@@ -1,12 +1,19 @@
 """Deterministic generator of a small, realistic MIMIC-CXR v2.0.0-format sample.
 
-Writes the MIMIC-CXR-JPG/DICOM layout (``files/pXX/pSUBJECT/sSTUDY/DICOM_ID.dcm``) plus the
-four ``mimic-cxr-2.0.0-*.csv.gz`` tables (chexpert, negbio, metadata, split). Edema and pleural
-effusion labels follow the study cohort's joint distribution and are *visible* in the rendered
-images (see :mod:`cxr_lightning.data.sample_render`), so models can learn them.
+Writes the DICOM images (``files/pXX/pSUBJECT/sSTUDY/DICOM_ID.dcm``) and the four
+``mimic-cxr-2.0.0-*.csv.gz`` tables (chexpert, negbio, metadata, split) in one of two layouts:
 
-The CSVs are written after all images, and a ``SAMPLE_COMPLETE`` JSON marker last, so a
-half-written sample is never mistaken for a complete one (:func:`is_complete_sample`).
+* ``physionet`` (default), as PhysioNet ships them: the DICOM project
+  ``OUT/physionet.org/files/mimic-cxr/2.0.0/`` (``files/``, ``cxr-record-list.csv.gz``,
+  ``cxr-study-list.csv.gz``) and the tables in the MIMIC-CXR-JPG project
+  ``OUT/physionet.org/files/mimic-cxr-jpg/2.0.0/`` beside it;
+* ``single``: everything in ``OUT``.
+
+Edema and pleural effusion labels follow the study cohort's joint distribution and are
+*visible* in the rendered images (see :mod:`cxr_lightning.data.sample_render`), so models can
+learn them. The CSVs are written after all images, and a ``SAMPLE_COMPLETE`` JSON marker in the
+image directory last, so a half-written sample is never mistaken for a complete one
+(:func:`is_complete_sample`).
 
 Usage::
 
@@ -31,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr_lightning.data.mimic import image_path
 from cxr_lightning.data.sample_render import (
     DicomStyle,
     ImageSpec,
@@ -48,6 +56,11 @@ METADATA_FILE = "mimic-cxr-2.0.0-metadata.csv.gz"
 SPLIT_FILE = "mimic-cxr-2.0.0-split.csv.gz"
 CSV_FILES = (SPLIT_FILE, METADATA_FILE, NEGBIO_FILE, CHEXPERT_FILE)
 """In writing order; the chexpert labels go last."""
+RECORD_LIST_FILE = "cxr-record-list.csv.gz"
+STUDY_LIST_FILE = "cxr-study-list.csv.gz"
+LAYOUTS = ("physionet", "single")
+PHYSIONET_DICOM_DIR = Path("physionet.org", "files", "mimic-cxr", "2.0.0")
+PHYSIONET_JPG_DIR = Path("physionet.org", "files", "mimic-cxr-jpg", "2.0.0")
 
 CHEXPERT_FINDINGS: tuple[str, ...] = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum",
@@ -308,12 +321,6 @@ def _dicom_styles(rng: np.random.Generator, n: int, compressed_fraction: float) 
     ]
 
 
-def image_path(root: Path, subject_id: int, study_id: int, dicom_id: str) -> Path:
-    """MIMIC-CXR location of an image: ``files/pXX/pSUBJECT/sSTUDY/DICOM_ID.dcm``."""
-    subject = str(subject_id)
-    return root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study_id}" / f"{dicom_id}.dcm"
-
-
 def _image_specs(root: Path, seed: int, images: pd.DataFrame, chexpert: pd.DataFrame,
                  rng: np.random.Generator, compressed_fraction: float) -> list[ImageSpec]:
     findings = dict(zip(chexpert["study_id"], _study_findings(rng, chexpert), strict=True))
@@ -326,7 +333,7 @@ def _image_specs(root: Path, seed: int, images: pd.DataFrame, chexpert: pd.DataF
                                              strict=True)):
         view = "" if pd.isna(row.ViewPosition) else str(row.ViewPosition)
         specs.append(ImageSpec(
-            path=image_path(root, row.subject_id, row.study_id, row.dicom_id),
+            path=root / image_path(row.subject_id, row.study_id, row.dicom_id),
             dicom_id=row.dicom_id, subject_id=int(row.subject_id), study_id=int(row.study_id),
             view=view, rows=int(row.Rows), cols=int(row.Columns),
             study_date=int(row.StudyDate), study_time=float(row.StudyTime),
@@ -370,44 +377,78 @@ def _available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+def sample_directories(out_dir: Path, layout: str = "physionet") -> tuple[Path, Path]:
+    """(image directory, table directory) of a sample written to ``out_dir`` in ``layout``."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    out_dir = Path(out_dir)
+    if layout == "single":
+        return out_dir, out_dir
+    return out_dir / PHYSIONET_DICOM_DIR, out_dir / PHYSIONET_JPG_DIR
+
+
+def sample_out_dir(images_root: Path) -> tuple[Path, str]:
+    """(``out_dir``, layout) that put a sample's images in ``images_root``: a PhysioNet DICOM
+    project path (``.../physionet.org/files/mimic-cxr/2.0.0``) means the PhysioNet layout."""
+    images_root = Path(images_root)
+    if images_root.parts[-len(PHYSIONET_DICOM_DIR.parts):] == PHYSIONET_DICOM_DIR.parts:
+        return images_root.parents[len(PHYSIONET_DICOM_DIR.parts) - 1], "physionet"
+    return images_root, "single"
+
+
+def _prepare_out_dir(images: Path, tables: Path, overwrite: bool) -> None:
     """Refuse to overwrite an existing sample unless asked; never touch real MIMIC data."""
-    present = [name for name in CSV_FILES if (out_dir / name).exists()]
+    present = [name for name in CSV_FILES if (tables / name).exists()]
     if not present:
         return
     if not overwrite:
-        raise FileExistsError(f"{out_dir} already contains a MIMIC-CXR sample ({present[0]}); "
+        raise FileExistsError(f"{tables} already contains a MIMIC-CXR sample ({present[0]}); "
                               "pass overwrite=True (--overwrite) to replace it")
-    if not (out_dir / MARKER_FILE).exists():
-        raise FileExistsError(f"{out_dir} contains MIMIC-CXR tables but no {MARKER_FILE} "
-                              "marker: not a generated sample, refusing to overwrite it")
-    logger.info("Overwriting the existing sample in %s", out_dir)
-    for name in CSV_FILES:
-        (out_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(out_dir / "files", ignore_errors=True)
-    (out_dir / MARKER_FILE).unlink()
+    if not (images / MARKER_FILE).exists():
+        raise FileExistsError(f"{tables} contains MIMIC-CXR tables but {images} has no "
+                              f"{MARKER_FILE} marker: not a generated sample, refusing to "
+                              "overwrite it")
+    logger.info("Overwriting the existing sample in %s", images)
+    (images / MARKER_FILE).unlink()
+    for name in (*CSV_FILES, RECORD_LIST_FILE, STUDY_LIST_FILE):
+        (tables / name).unlink(missing_ok=True)
+        (images / name).unlink(missing_ok=True)
+    shutil.rmtree(images / "files", ignore_errors=True)
 
 
 def is_complete_sample(root: Path) -> bool:
-    """True when ``root`` holds a fully written sample: all four tables and a valid marker."""
+    """True when ``root`` (the image directory) holds a fully written sample: a valid marker
+    and all four tables where the marker says they are."""
     root = Path(root)
-    if not all((root / name).is_file() for name in CSV_FILES):
-        return False
     try:
         marker = json.loads((root / MARKER_FILE).read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(marker, dict) and "n_images" in marker
+    if not isinstance(marker, dict) or "n_images" not in marker:
+        return False
+    tables = root / marker.get("tables", ".")
+    return all((tables / name).is_file() for name in CSV_FILES)
+
+
+def _record_lists(images: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """MIMIC-CXR's ``cxr-record-list`` (one row per image) and ``cxr-study-list`` tables."""
+    records = images[["subject_id", "study_id", "dicom_id"]].copy()
+    records["path"] = [image_path(s, t, d) for s, t, d in records.itertuples(index=False)]
+    studies = records[["subject_id", "study_id"]].drop_duplicates(ignore_index=True)
+    studies["path"] = [f"files/p{str(s)[:2]}/p{s}/s{t}.txt" for s, t in studies.itertuples(
+        index=False)]
+    return records, studies
 
 
 def generate_sample(out_dir: Path, n_subjects: int = 400, seed: int = 0, *,
                     overwrite: bool = False, train_fraction: float = 0.7,
                     validate_fraction: float = 0.1, compressed_fraction: float = 0.25,
-                    workers: int | None = None) -> Path:
-    """Write a deterministic MIMIC-CXR-format sample of ``n_subjects`` patients to ``out_dir``.
+                    workers: int | None = None, layout: str = "physionet") -> Path:
+    """Write a deterministic MIMIC-CXR-format sample of ``n_subjects`` patients to ``out_dir``
+    in ``layout`` (see the module docstring); returns the image directory (``data.root``).
 
     Same ``seed`` and arguments give byte-identical CSVs and identical pixel data
-    (``workers`` and ``compressed_fraction`` do not change any pixel or label).
+    (``workers``, ``compressed_fraction`` and ``layout`` do not change any pixel or label).
     ``workers`` defaults to the CPU count (at most 8). Raises FileExistsError if ``out_dir``
     already holds the tables, unless ``overwrite``.
     """
@@ -416,9 +457,10 @@ def generate_sample(out_dir: Path, n_subjects: int = 400, seed: int = 0, *,
     if not (train_fraction > 0 and validate_fraction >= 0
             and train_fraction + validate_fraction < 1):
         raise ValueError("need 0 < train_fraction, 0 <= validate_fraction and a test share > 0")
-    out_dir = Path(out_dir)
-    _prepare_out_dir(out_dir, overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    images_dir, tables_dir = sample_directories(out_dir, layout)
+    _prepare_out_dir(images_dir, tables_dir, overwrite)
+    images_dir.mkdir(parents=True, exist_ok=True)
+    tables_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     label_rng, plan_rng, render_rng, split_rng, negbio_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5))
@@ -434,20 +476,26 @@ def generate_sample(out_dir: Path, n_subjects: int = 400, seed: int = 0, *,
     split["split"] = split["subject_id"].map(split_of)
     split = split[list(SPLIT_COLUMNS)]
 
-    specs = _image_specs(out_dir, seed, images, chexpert, render_rng, compressed_fraction)
+    specs = _image_specs(images_dir, seed, images, chexpert, render_rng, compressed_fraction)
     n_workers = min(_available_cpus(), 8) if workers is None else workers
     logger.info("Rendering %d images of %d studies (%d subjects) with %d worker(s)",
                 len(specs), len(chexpert), n_subjects, n_workers)
     _write_images(specs, n_workers)
 
+    if layout == "physionet":
+        records, study_list = _record_lists(images)
+        _write_csv_gz(records, images_dir / RECORD_LIST_FILE)
+        _write_csv_gz(study_list, images_dir / STUDY_LIST_FILE)
     for table, name in ((split, SPLIT_FILE), (images, METADATA_FILE), (negbio, NEGBIO_FILE),
                         (chexpert, CHEXPERT_FILE)):
-        _write_csv_gz(table, out_dir / name)
+        _write_csv_gz(table, tables_dir / name)
     marker = {"n_subjects": n_subjects, "seed": seed, "generator_version": GENERATOR_VERSION,
-              "n_studies": len(chexpert), "n_images": len(images)}
-    _write_atomically(out_dir / MARKER_FILE, json.dumps(marker, indent=2).encode() + b"\n")
-    logger.info("Wrote sample to %s in %.1f s", out_dir, time.perf_counter() - started)
-    return out_dir
+              "n_studies": len(chexpert), "n_images": len(images), "layout": layout,
+              "tables": os.path.relpath(tables_dir, images_dir)}
+    _write_atomically(images_dir / MARKER_FILE, json.dumps(marker, indent=2).encode() + b"\n")
+    logger.info("Wrote sample to %s in %.1f s (images in %s, tables in %s)", out_dir,
+                time.perf_counter() - started, images_dir, tables_dir)
+    return images_dir
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -457,6 +505,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing sample")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: CPUs)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="physionet",
+                        help="physionet: DICOM project and MIMIC-CXR-JPG tables side by side "
+                             "under OUT/physionet.org/files/ (as downloaded); single: all in OUT")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -465,8 +516,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point."""
     args = _parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
-    generate_sample(args.out, args.n_subjects, args.seed, overwrite=args.overwrite,
-                    workers=args.workers)
+    root = generate_sample(args.out, args.n_subjects, args.seed, overwrite=args.overwrite,
+                           workers=args.workers, layout=args.layout)
+    logger.info("Train on it with: python -m cxr_lightning.train data.root=%s", root)
 
 
 if __name__ == "__main__":

@@ -24,17 +24,22 @@ def build_manifest(
     views: Sequence[str] | None = None,
     split: str = "official",
     split_seed: int = 0,
+    labels_root: str | Path | None = None,
 ) -> tuple[pd.DataFrame, CohortReport]:
     """The manifest and cohort report of ``root`` read as ``source`` under the cohort options.
 
-    ``labeler`` applies to the MIMIC sources only; NIH has no uncertain or blank labels, so a
-    ``label_policy`` there is an error rather than silently ignored.
+    ``labeler`` and ``labels_root`` (where MIMIC-CXR-JPG's tables are) apply to the MIMIC
+    sources only; NIH has no uncertain or blank labels, so a ``label_policy`` there is an error
+    rather than silently ignored, and so is a ``labels_root`` for NIH or CheXpert.
     """
     views = None if views is None else list(views)
     if source in MIMIC_SUFFIXES:
         return build_mimic_manifest(root, labeler, source, MIMIC_SUFFIXES[source],
                                     label_policy=label_policy, views=views, split=split,
-                                    split_seed=split_seed)
+                                    split_seed=split_seed, labels_root=labels_root)
+    if labels_root is not None:
+        raise ValueError(f"data.labels_root applies to MIMIC-CXR only, not data.source={source}; "
+                         "remove it")
     if source == "chexpert":
         return build_chexpert_manifest(root, split, split_seed, views, label_policy, source)
     if source == "nih":
