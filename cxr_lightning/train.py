@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import sys
 import traceback
 import warnings
@@ -38,6 +37,7 @@ from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from cxr_lightning import resolvers  # noqa: F401  (registers ${unique:}, ${auto_precision:})
 from cxr_lightning.callbacks.stage_best import StageBest
 from cxr_lightning.callbacks.timing import EpochTimer
 from cxr_lightning.data.cohort import cohort_summary
@@ -61,17 +61,6 @@ log = logging.getLogger(__name__)
 
 BN_CALIBRATION_BATCHES = 20
 PROJECT_CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-RUN_TOKEN_VARIABLE = "CXR_LIGHTNING_RUN_TOKEN"
-
-
-def run_token() -> str:
-    """A random token per launch, shared with the processes it starts (DDP ranks): the
-    ``${unique:}`` in run and sweep directory names, so two launches never collide."""
-    return os.environ.setdefault(RUN_TOKEN_VARIABLE, secrets.token_hex(3))
-
-
-if not OmegaConf.has_resolver("unique"):
-    OmegaConf.register_new_resolver("unique", run_token, use_cache=True)
 
 
 def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,

@@ -1,6 +1,9 @@
-"""Every data config composes, and its keys are the DataModule's arguments."""
+"""Every config composes; the paper configuration is the study's, and the sample preset differs
+from it in a fixed list of keys."""
 
 import inspect
+import subprocess
+import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -37,7 +40,7 @@ def _compose(*overrides: str, hydra: bool = False):
 def test_data_sample_is_the_mimic_adapter_on_the_generated_sample():
     cfg = _compose("data=sample")
     assert (cfg.data.source, cfg.data.sample.n_subjects) == ("sample", 400)
-    assert cfg.data.root.endswith("mimic_cxr_sample")
+    assert cfg.data.root.endswith("mimic_cxr_sample/physionet.org/files/mimic-cxr/2.0.0")
     assert _compose("preset=sample").data == _compose("preset=sample", "data=sample").data
 
 
@@ -49,7 +52,7 @@ def test_data_sample_is_the_mimic_adapter_on_the_generated_sample():
 def test_trainer_configs(trainer, expected):
     cfg = _compose(f"trainer={trainer}")
     assert {k: cfg.trainer[k] for k in expected} == expected
-    assert cfg.trainer.max_epochs == 200  # the shared defaults stay
+    assert cfg.trainer.max_epochs == 40  # the shared defaults stay
 
 
 @pytest.mark.parametrize(("logger", "csv", "wandb"), [
@@ -89,3 +92,65 @@ def test_run_and_sweep_directories_carry_a_launch_token():
     cfg = _compose(hydra=True)
     assert "${unique:}" in OmegaConf.to_container(cfg.hydra.sweep)["dir"]
     assert "${unique:}" in OmegaConf.to_container(cfg.hydra.run)["dir"]
+
+
+def _flat(node, prefix=""):
+    """``{dotted.key: value}`` of a config's leaves, interpolations unresolved."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+SAMPLE_DIFFERENCES = {
+    # the data source: the generated sample instead of MIMIC-CXR
+    "data.root", "data.labels_root", "data.source", "data.sample.n_subjects", "data.sample.seed",
+    # the backbone (model=resnet18: its own default lr) without pretrained weights
+    "model.backbone", "model.lr", "model.weights",
+    # image size, and what a few CPU cores need
+    "data.image_size", "data.batch_size", "data.num_workers", "data.cache_workers",
+}
+
+
+def test_sample_preset_differs_from_the_paper_configuration_in_the_documented_keys_only():
+    paper = _flat(OmegaConf.to_container(_compose("data.root=/mimic")))
+    sample = _flat(OmegaConf.to_container(_compose("preset=sample")))
+    differing = {key for key in paper.keys() | sample.keys() if paper.get(key) != sample.get(key)}
+    assert differing == SAMPLE_DIFFERENCES
+
+
+def test_paper_configuration_is_the_study():
+    cfg = _compose("data.root=/mimic")
+    assert (cfg.model.backbone, cfg.model.weights, cfg.data.image_size) == (
+        "resnet152", "imagenet", 512)
+    unfreeze = cfg.unfreeze
+    assert (unfreeze.interval, unfreeze.last_stage_epochs, unfreeze.until) == (10, 10, "layer4.0")
+    assert (unfreeze.blocks_per_step, unfreeze.monitor, unfreeze.patience) == (
+        1, "val/auroc/mean", 3)
+    assert unfreeze.schedule is None and unfreeze.restore_best
+    assert cfg.trainer.max_epochs == 40 == unfreeze.interval * (1 + 3)
+    assert (cfg.data.split, cfg.data.augment) == ("random_patient", False)
+    assert cfg.trainer.precision == "32-true"  # no CUDA here; bf16-mixed on a GPU that has it
+
+
+def test_table1_experiment_runs_the_quarter_schedule_for_80_epochs():
+    cfg = _compose("experiment=exp1_table1")
+    assert cfg.trainer.max_epochs == 80 and cfg.stage_metrics
+    assert cfg.formulation.name == "multiclass"
+    assert [list(step) for step in cfg.unfreeze.schedule] == [
+        [35, ["layer4.2"]], [50, ["layer4.1", "layer4.0"]],
+        [70, ["layer3.35", "layer3.34", "layer3.33"]]]
+
+
+def test_cfg_job_on_a_mimic_root_shows_the_study_schedule(tmp_path):
+    shown = subprocess.run(
+        [sys.executable, "-m", "cxr_lightning.train", "--cfg", "job", f"data.root={tmp_path}"],
+        capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    job = OmegaConf.create(shown)
+    assert job.trainer.max_epochs == 40
+    assert (job.data.split, job.data.augment) == ("random_patient", False)
+    assert (job.unfreeze.interval, job.unfreeze.until, job.unfreeze.patience) == (
+        10, "layer4.0", 3)
+    assert job.unfreeze.last_stage_epochs == 10

@@ -572,3 +572,89 @@ class OneCycleModule(TinyModule):
 def test_schedulers_with_per_group_construction_state_are_rejected() -> None:
     with pytest.raises(MisconfigurationException, match="cannot add param groups under OneCycleLR"):
         _fit(OneCycleModule(), ProgressiveUnfreezing(interval=1, max_blocks=1), epochs=1)
+
+
+# --- the study's settings: a cap per setting, the last one ending the run, restored weights --
+
+
+def test_settings_end_by_plateau_or_cap_and_the_last_one_ends_the_run() -> None:
+    unfreezing = ProgressiveUnfreezing(interval=3, last_stage_epochs=3, until="layer4.0",
+                                       monitor="val/score", patience=1)
+    # mode="min" on a rising score would stop the run one epoch into the last stage, were it not
+    # left to the unfreezing callback's own rule
+    stopping = StagedEarlyStopping(monitor="val/score", mode="min", patience=1)
+    # stage 0 plateaus at epoch 1 (1.0 twice); stage 1 improves every epoch and runs its 3
+    # epochs (2-4); stage 2, the last, runs its 3 epochs (5-7) and ends the run.
+    trainer = _fit_scripted([1.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0] + [9.0] * 12,
+                            unfreezing, stopping)
+    assert unfreezing.history == [{"epoch": 0, "blocks": []},
+                                  {"epoch": 2, "blocks": ["layer4.1"]},
+                                  {"epoch": 5, "blocks": ["layer4.0"]}]
+    assert trainer.current_epoch == 8  # epochs 0-7 ran, of max_epochs 20
+    assert stopping.stopped_epoch == 0
+
+
+def test_a_plateau_in_the_last_setting_ends_the_run() -> None:
+    unfreezing = ProgressiveUnfreezing(interval=3, last_stage_epochs=3, until="layer4.1",
+                                       monitor="val/score", patience=1)
+    trainer = _fit_scripted([1.0, 2.0, 3.0, 4.0, 4.0] + [9.0] * 10, unfreezing)
+    assert [entry["epoch"] for entry in unfreezing.history] == [0, 3]
+    assert trainer.current_epoch == 5  # epoch 4 did not improve on epoch 3: the run ends
+
+
+class WeightProbe(pl.Callback):
+    """Head and layer4.1 weights at the start (after unfreezing) and end of every epoch."""
+
+    def __init__(self) -> None:
+        self.start: list[dict[str, torch.Tensor]] = []
+        self.end: list[dict[str, torch.Tensor]] = []
+
+    @staticmethod
+    def _weights(module: pl.LightningModule) -> dict[str, torch.Tensor]:
+        return {"head": module.head.weight.detach().clone(),
+                "layer4.1": module.backbone.layer4[1].conv1.weight.detach().clone()}
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.start.append(self._weights(pl_module))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.end.append(self._weights(pl_module))
+
+
+@pytest.mark.parametrize("restore_best", [True, False])
+def test_restore_best_starts_each_setting_from_the_previous_best(restore_best: bool) -> None:
+    unfreezing = ProgressiveUnfreezing(interval=10, until="layer4.0", monitor="val/score",
+                                       patience=2, restore_best=restore_best)
+    probe = WeightProbe()
+    # stage 0: best at epoch 0, plateau after epoch 2 -> stage 1 (layer4.1) from epoch 3;
+    # stage 1: best at epoch 4, plateau after epoch 6 -> stage 2 from epoch 7.
+    _fit_scripted([3.0, 1.0, 1.0, 2.0, 5.0, 4.0, 4.0, 4.0], unfreezing, probe)
+    assert [entry["epoch"] for entry in unfreezing.history] == [0, 3, 7]
+    best_of_stage = {3: 0, 7: 4}
+    for start, best in best_of_stage.items():
+        expected = probe.end[best] if restore_best else probe.end[start - 1]
+        for name, weight in probe.start[start].items():
+            assert torch.equal(weight, expected[name]), (start, name)
+        assert not torch.equal(probe.end[best]["head"], probe.end[start - 1]["head"])
+    # layer4.1 trained during stage 1 only: the restore at epoch 7 rewound it to epoch 4's.
+    assert torch.equal(probe.start[3]["layer4.1"], probe.end[0]["layer4.1"])
+
+
+def test_restore_best_keeps_only_what_the_stage_trains_and_checkpoints_it() -> None:
+    unfreezing = ProgressiveUnfreezing(interval=10, until="layer4.0", monitor="val/score",
+                                       patience=5, restore_best=True)
+    _fit_scripted([1.0, 2.0], unfreezing)  # stage 0 only: the head trains
+    state = unfreezing.state_dict()["best_state"]
+    assert set(state) == HEAD
+    restored = ProgressiveUnfreezing(interval=10, until="layer4.0", monitor="val/score",
+                                     patience=5, restore_best=True)
+    restored.load_state_dict(unfreezing.state_dict())
+    assert all(torch.equal(restored.state_dict()["best_state"][k], v) for k, v in state.items())
+
+
+def test_restore_best_needs_a_monitor_and_a_short_max_epochs_warns() -> None:
+    with pytest.raises(ValueError, match="restore_best needs monitor"):
+        ProgressiveUnfreezing(restore_best=True)
+    unfreezing = ProgressiveUnfreezing(interval=3, last_stage_epochs=3, until="layer4.0")
+    with pytest.warns(UserWarning, match="max_epochs=4 may end the run before"):
+        _fit_scripted([1.0] * 4, unfreezing)

@@ -25,11 +25,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import BaseFinetuning
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.utilities.rank_zero import rank_zero_info
+from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
@@ -59,9 +60,17 @@ class ProgressiveUnfreezing(BaseFinetuning):
 
     ``max_blocks`` and ``until`` (the last block to unfreeze) cap either form; a step beyond the
     cap is dropped. Each stage lasts its nominal length (the gap between its step's epoch and the
-    next one's); the last stage lasts until the run ends. With ``monitor`` and ``patience``, a
-    stage whose validation metric has not improved (``mode``) for ``patience`` validations ends
-    early: the next stage starts at the next epoch, and every later stage keeps its length.
+    next one's); the last stage lasts ``last_stage_epochs`` epochs, after which the run stops
+    (``None``: until the run ends otherwise). With ``monitor`` and ``patience``, a stage whose
+    validation metric has not improved (``mode``) for ``patience`` validations ends early: the
+    next stage starts at the next epoch, and every later stage keeps its length; a plateau in the
+    last stage ends the run. So ``interval=10, last_stage_epochs=10, patience=3`` are the study's
+    settings: each at most 10 epochs, with early stopping.
+
+    With ``restore_best`` (needs ``monitor``), each stage starts from the weights of the
+    previous stage's best validation, as early stopping with restored weights does: the head
+    and the unfrozen blocks (all weights with ``train_bn``) are kept in memory (on the CPU) at
+    each improvement and in the checkpointed state, and loaded back when the next stage begins.
 
     Frozen blocks keep their weights and, unless ``train_bn``, their BatchNorm layers in eval
     mode (running statistics untouched, normalisation with them); with ``fold_frozen_bn``
@@ -91,6 +100,8 @@ class ProgressiveUnfreezing(BaseFinetuning):
         patience: int | None = None,
         mode: str = "max",
         fold_frozen_bn: bool = True,
+        last_stage_epochs: int | None = None,
+        restore_best: bool = False,
     ) -> None:
         super().__init__()
         if interval is not None and interval < 1:
@@ -107,6 +118,11 @@ class ProgressiveUnfreezing(BaseFinetuning):
             )
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        if last_stage_epochs is not None and last_stage_epochs < 1:
+            raise ValueError(f"last_stage_epochs must be >= 1 or None, got {last_stage_epochs}")
+        if restore_best and monitor is None:
+            raise ValueError("restore_best needs monitor (and patience): the best weights of a "
+                             "stage are those of its best value of the monitored metric")
         self.interval = interval
         self.max_blocks = max_blocks
         self.lr_factor = lr_factor
@@ -118,6 +134,9 @@ class ProgressiveUnfreezing(BaseFinetuning):
         self.patience = patience
         self.mode = mode
         self.fold_frozen_bn = fold_frozen_bn
+        self.last_stage_epochs = last_stage_epochs
+        self.restore_best = restore_best
+        self._best_state: dict[str, torch.Tensor] | None = None
         self._folding: FrozenBatchNormFolding | None = None
         self._blocks: list[tuple[str, nn.Module]] = []
         self._stages: list[tuple[int, int]] = [(0, 0)]  # (nominal start epoch, blocks unfrozen)
@@ -155,6 +174,7 @@ class ProgressiveUnfreezing(BaseFinetuning):
             "unfrozen_block_names": self.unfrozen_block_names,
             "history": self.history,
             "plateau": {"best": self._best, "wait": self._wait, "advance": self._advance},
+            "best_state": self._best_state,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -162,6 +182,7 @@ class ProgressiveUnfreezing(BaseFinetuning):
         self._history = [dict(entry) for entry in state_dict["history"]]
         plateau = state_dict["plateau"]
         self._best, self._wait, self._advance = plateau["best"], plateau["wait"], plateau["advance"]
+        self._best_state = state_dict.get("best_state")
         super().load_state_dict(state_dict)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -224,6 +245,7 @@ class ProgressiveUnfreezing(BaseFinetuning):
                 "Use LambdaLR, StepLR, MultiStepLR, ExponentialLR, CosineAnnealingLR or "
                 "ReduceLROnPlateau")
         self._extend_schedulers(trainer, optimizer)
+        self._check_max_epochs(trainer)
         if self.fold_frozen_bn and not self.train_bn:
             self._folding = FrozenBatchNormFolding(pl_module.backbone)
         self._collect_frozen_bns(pl_module)
@@ -237,18 +259,25 @@ class ProgressiveUnfreezing(BaseFinetuning):
             or epoch - self._history[-1]["epoch"]
             >= self._stages[self.stage + 1][0] - self._stages[self.stage][0]
         ):
-            self._begin_next_stage(epoch, optimizer)
+            self._begin_next_stage(pl_module, epoch, optimizer)
         self._collect_frozen_bns(pl_module)
 
     def plateaued(self, value: float) -> bool:
         """Record a validation value of ``monitor`` for the current stage; return whether it has
-        not improved for ``patience`` values (the next stage then begins at the next epoch)."""
-        if self._best is None or (value > self._best if self.mode == "max" else value < self._best):
+        not improved for ``patience`` values (the stage then ends after this epoch)."""
+        self._record(value)
+        return self._advance
+
+    def _record(self, value: float) -> bool:
+        """Feed the plateau trigger one value; return whether it improved on the stage's best."""
+        improved = self._best is None or (value > self._best if self.mode == "max"
+                                          else value < self._best)
+        if improved:
             self._best, self._wait = value, 0
         else:
             self._wait += 1
         self._advance = self._advance or self._wait >= self.patience
-        return self._advance
+        return improved
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Begin the epoch's stage (BaseFinetuning) and log it."""
@@ -271,9 +300,10 @@ class ProgressiveUnfreezing(BaseFinetuning):
                                      data=rows)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Feed ``monitor`` to the plateau trigger while a later stage remains."""
+        """Feed ``monitor`` to the plateau trigger (keeping the stage's best weights with
+        ``restore_best``); a plateau ends the stage, and in the last stage the run."""
         if (self.monitor is None or trainer.state.fn != TrainerFn.FITTING
-                or trainer.sanity_checking or self.finished):
+                or trainer.sanity_checking):
             return
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
@@ -281,11 +311,27 @@ class ProgressiveUnfreezing(BaseFinetuning):
                 f"ProgressiveUnfreezing monitors {self.monitor!r}, which was not logged; "
                 f"available: {sorted(trainer.callback_metrics)}"
             )
-        if self.plateaued(float(value)):
+        if self._record(float(value)) and self.restore_best and not self.finished:
+            self._best_state = self._trainable_state(pl_module)
+        if not self._advance:
+            return
+        if self.finished:
+            trainer.should_stop = True
+            rank_zero_info(f"Epoch {trainer.current_epoch}: {self.monitor} has not improved for "
+                           f"{self._wait} validations; the last unfreezing stage ends the run")
+        else:
             rank_zero_info(
                 f"Epoch {trainer.current_epoch}: {self.monitor} has not improved for "
                 f"{self._wait} validations; unfreezing stage {self.stage + 1} begins next epoch"
             )
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Stop the run when the last stage has lasted ``last_stage_epochs`` epochs."""
+        if (self.finished and self.last_stage_epochs is not None and
+                trainer.current_epoch + 1 - self._history[-1]["epoch"] >= self.last_stage_epochs):
+            trainer.should_stop = True
+            rank_zero_info(f"Epoch {trainer.current_epoch}: the last unfreezing stage has run its "
+                           f"{self.last_stage_epochs} epochs; the run ends")
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -330,8 +376,34 @@ class ProgressiveUnfreezing(BaseFinetuning):
                 stages.append((epoch, min(requested, limit)))
         return stages
 
-    def _begin_next_stage(self, epoch: int, optimizer: Optimizer) -> None:
-        """Unfreeze the next stage's blocks (one param group each) and reset the plateau."""
+    def _check_max_epochs(self, trainer: pl.Trainer) -> None:
+        """Warn when ``max_epochs`` would cut the schedule short of its last stage's length."""
+        longest = self._stages[-1][0] + (self.last_stage_epochs or 1)
+        if trainer.max_epochs is not None and 0 <= trainer.max_epochs < longest:
+            rank_zero_warn(f"trainer.max_epochs={trainer.max_epochs} may end the run before the "
+                           f"unfreezing schedule does: its last stage starts at epoch "
+                           f"{self._stages[-1][0]} at the latest (up to {longest} epochs)")
+
+    def _trainable_state(self, pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
+        """A CPU copy of what the current stage trains: the module's state without the
+        still-frozen backbone (everything with ``train_bn``, whose frozen BatchNorm trains)."""
+        unfrozen = self._blocks[: len(self.unfrozen_block_names)]
+        keep = {id(t) for _, block in unfrozen for t in (*block.parameters(), *block.buffers())}
+        frozen = {id(t) for t in (*pl_module.backbone.parameters(),
+                                  *pl_module.backbone.buffers())} - keep
+        return {key: tensor.detach().to("cpu", copy=True)
+                for key, tensor in pl_module.state_dict(keep_vars=True).items()
+                if self.train_bn or id(tensor) not in frozen}
+
+    def _begin_next_stage(self, pl_module: pl.LightningModule, epoch: int,
+                          optimizer: Optimizer) -> None:
+        """Restore the stage's best weights (``restore_best``), unfreeze the next stage's blocks
+        (one param group each) and reset the plateau."""
+        if self._best_state is not None:
+            pl_module.load_state_dict(self._best_state, strict=False)
+            rank_zero_info(f"Epoch {epoch}: stage {self.stage} ends; restored the weights of its "
+                           f"best {self.monitor} ({self._best:.4g})")
+            self._best_state = None
         start = len(self.unfrozen_block_names)
         names = []
         for name, block in self._blocks[start : self._stages[self.stage + 1][1]]:

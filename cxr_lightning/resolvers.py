@@ -1,0 +1,34 @@
+"""OmegaConf resolvers the configuration uses, registered on import (by the train entry point).
+
+* ``${unique:}``: a random token per launch, shared with the processes it starts (DDP ranks), in
+  run and sweep directory names, so two launches never collide.
+* ``${auto_precision:}``: the trainer precision of ``trainer=default``: ``bf16-mixed`` on a CUDA
+  device that supports bfloat16 (Ampere or newer), else ``32-true``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import torch
+from omegaconf import OmegaConf
+
+RUN_TOKEN_VARIABLE = "CXR_LIGHTNING_RUN_TOKEN"
+
+
+def run_token() -> str:
+    """The launch's random token (created on first use, inherited by child processes)."""
+    return os.environ.setdefault(RUN_TOKEN_VARIABLE, secrets.token_hex(3))
+
+
+def auto_precision() -> str:
+    """``bf16-mixed`` where CUDA with bfloat16 is available, else full precision."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+for _name, _resolver in (("unique", run_token), ("auto_precision", auto_precision)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver, use_cache=True)
