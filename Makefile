@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test test-fast lint format clean bench-data bench-unfreeze report bench-eval bench-predict sweep exp1 exp2
+.PHONY: install train test test-fast lint format clean bench-data bench-unfreeze report bench-eval bench-predict sweep exp1 exp2 exp1-table1 rehearse
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ sweep: install
 exp1: install
 	$(BIN)/python -m cxr_lightning.train -m experiment=exp1_unfreeze $(ARGS)
 
+## Experiment I with the study's own Table 1 schedule (80 epochs, each stage tested).
+exp1-table1: install
+	$(BIN)/python -m cxr_lightning.train -m experiment=exp1_table1 $(ARGS)
+
 ## Experiment II: the three formulations x 3 seeds on one split.
 exp2: install
 	$(BIN)/python -m cxr_lightning.train -m experiment=exp2_formulations $(ARGS)
@@ -39,6 +43,12 @@ test: install
 ## Everything but the end-to-end runs.
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+## The whole study rehearsed through the real CLI (paper configuration, ResNet152 at 512, the
+## three formulations, one epoch per setting): rates and the projected cost of the full study.
+## ~5 min on a GPU; reduced on a CPU (~10 min on 2 cores).
+rehearse: install
+	$(BIN)/python experiments/rehearse.py $(BENCH_ARGS)
 
 ## Data-path throughput (DICOM -> 512 cache per core, cache -> batches per worker); < 2 min.
 bench-data: install

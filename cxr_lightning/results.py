@@ -36,6 +36,13 @@ class MemberResult:
     unfreeze_history: list[dict]
     best_val_auroc_mean: float
     best_checkpoint: str
+    precision: str
+    """The trainer's precision as it ran (``32-true``, ``bf16-mixed``, ...)."""
+    device: str
+    """Where it trained (``cpu``, ``cuda``, ...)."""
+    throughput: list[dict]
+    """Per epoch: images/s of training and validation, data-wait share, peak memory
+    (:class:`~cxr_lightning.callbacks.timing.EpochTimer`)."""
     probabilities: dict[str, list[torch.Tensor]] = field(repr=False)
     """Per split (``val``, ``test``): the best checkpoint's batched per-finding probabilities."""
 

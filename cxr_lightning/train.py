@@ -42,6 +42,7 @@ from cxr_lightning.callbacks.stage_best import StageBest
 from cxr_lightning.callbacks.timing import EpochTimer
 from cxr_lightning.data.cohort import cohort_summary
 from cxr_lightning.data.datamodule import CXRDataModule
+from cxr_lightning.data.mimic import MissingDataError
 from cxr_lightning.evaluation.metrics import THRESHOLD, known_labels, point_metrics
 from cxr_lightning.evaluation.thresholds import YOUDEN
 from cxr_lightning.findings import FINDINGS
@@ -118,6 +119,9 @@ def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
         unfreeze_history=unfreezing.history,
         best_val_auroc_mean=float(checkpoint.best_model_score),
         best_checkpoint=checkpoint.best_model_path,
+        precision=str(trainer.precision),
+        device=trainer.strategy.root_device.type,
+        throughput=list(timer.throughput),
         probabilities=probabilities,
     )
     for record in stages.records:
@@ -208,6 +212,9 @@ def run_job(cfg: DictConfig) -> float:
         (output_dir / "failed.json").unlink(missing_ok=True)
     try:
         results = train_and_test(cfg, output_dir)
+    except MissingDataError as error:  # the configuration points at no dataset: every job would
+        log.error("%s", error)          # fail alike, so the run (or sweep) ends here, untraced
+        raise SystemExit(2) from None
     except Exception as error:  # a failed job is recorded; the sweep goes on
         if rank_zero_only.rank != 0:
             raise

@@ -16,8 +16,8 @@ from conftest import sample_tables
 from cxr_lightning.data import cache as cache_module
 from cxr_lightning.data.cache import CacheSpec, build_image_cache, cache_directory
 from cxr_lightning.data.datamodule import CXRDataModule
-from cxr_lightning.data.dicom import read_dicom_uint8
 from cxr_lightning.data.mimic import build_mimic_manifest
+from cxr_lightning.data.sample import generate_sample
 from cxr_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -123,19 +123,16 @@ def test_nih_pngs_stream_through_the_same_datamodule(shared_data, tmp_path):
     assert batch["image"].std() > 0.1  # real pixels, not an empty canvas
 
 
-def test_jpg_tree_matches_equalised_dicoms(small_sample, tmp_path):
+def test_jpg_tree_matches_equalised_dicoms(tmp_path):
     """MIMIC-CXR-JPG input (data=mimic_cxr_jpg) and DICOM input with histogram_equalization=true
-    give comparable training images: the JPG tree is made here the way MIMIC-CXR-JPG was."""
-    jpg_root = tmp_path / "jpg"
-    manifest, _ = build_mimic_manifest(small_sample, source="sample")
-    jpg_root.mkdir()
-    for name in ("chexpert", "metadata", "split"):
-        shutil.copy(sample_tables(small_sample) / f"mimic-cxr-2.0.0-{name}.csv.gz", jpg_root)
-    for path in manifest["path"]:
-        target = jpg_root / Path(path).with_suffix(".jpg")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        equalised = read_dicom_uint8(small_sample / path, histogram_equalization=True)
-        cv2.imwrite(str(target), equalised, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    give comparable training images: the sample's JPG project is made the way MIMIC-CXR-JPG was
+    (equalised 8 bit, JPEG quality 95) and read as a JPG download, tables and images together."""
+    dicom_root = generate_sample(tmp_path / "download", n_subjects=12, seed=3, workers=1,
+                                 jpg=True)
+    jpg_root = sample_tables(dicom_root)
+    manifest, _ = build_mimic_manifest(dicom_root, source="sample")
+    assert all((jpg_root / Path(path).with_suffix(".jpg")).is_file()
+               for path in manifest["path"])
 
     def cached(root, source, equalise):
         module = CXRDataModule(root=str(root), source=source, image_size=48, num_workers=0,
@@ -144,8 +141,8 @@ def test_jpg_tree_matches_equalised_dicoms(small_sample, tmp_path):
         module.prepare_data()
         return module
 
-    from_dicom, from_jpg = cached(small_sample, "sample", True), cached(jpg_root, "mimic_cxr_jpg",
-                                                                        False)
+    from_dicom, from_jpg = cached(dicom_root, "sample", True), cached(jpg_root, "mimic_cxr_jpg",
+                                                                      False)
     assert len(from_jpg.manifest) == len(from_dicom.manifest) == len(manifest)
     for image_id in manifest["image_id"].iloc[:20]:
         difference = (from_dicom.cache.get(image_id).astype(int)

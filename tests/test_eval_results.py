@@ -25,6 +25,7 @@ def results():
     member = MemberResult(
         name="multilabel", findings=FINDINGS, epochs=2, epoch_times_s=[3.0, 5.0],
         unfreeze_history=[], best_val_auroc_mean=0.7, best_checkpoint="best.ckpt",
+        precision="32-true", device="cpu", throughput=[],
         probabilities={s: [torch.tensor(t[[f"{f}_prob" for f in FINDINGS]].to_numpy())]
                        for s, t in split.items()})
     manifests = {s: t.drop(columns=[f"{f}_prob" for f in FINDINGS]) for s, t in split.items()}

@@ -36,6 +36,7 @@ def _member(probabilities):
     return MemberResult(name="multilabel", findings=("edema", "effusion"), epochs=1,
                         epoch_times_s=[1.0], unfreeze_history=[],
                         best_val_auroc_mean=0.5, best_checkpoint="best.ckpt",
+                        precision="32-true", device="cpu", throughput=[],
                         probabilities={"test": [torch.tensor(probabilities)]})
 
 

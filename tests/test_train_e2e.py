@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import sample_tables
 
 from cxr_lightning.findings import FINDINGS
 from cxr_lightning.inference.bundle import load_model
@@ -18,6 +19,7 @@ from cxr_lightning.inference.predictor import predict_files
 pytestmark = pytest.mark.slow
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_IMAGES = Path("physionet.org", "files", "mimic-cxr", "2.0.0")
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,8 @@ def multirun(tmp_path_factory):
         sys.executable, "-m", "cxr_lightning.train", "-m",
         "formulation=binary,multilabel,multiclass",
         f"paths.root_dir={home}", "data.sample.n_subjects=40", "data.image_size=32",
-        "trainer.max_epochs=2", "unfreeze.max_blocks=1", "stage_metrics=true",
+        "trainer.max_epochs=2", "unfreeze.interval=1", "unfreeze.max_blocks=1",
+        "stage_metrics=true",
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MIMIC_CXR"))}
     done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
@@ -66,7 +69,7 @@ def test_every_formulation_writes_complete_results(multirun):
         assert bundle.thresholds == pytest.approx(
             {f: result["thresholds"][f].get("youden", 0.5) for f in FINDINGS})
         # model.pt on the raw DICOMs gives the probabilities the job recorded for them
-        sample = multirun["home"] / "data" / "mimic_cxr_sample"
+        sample = multirun["home"] / "data" / "mimic_cxr_sample" / SAMPLE_IMAGES
         manifest = pd.read_csv(job_dir / "manifest.csv")
         tested = manifest[manifest["split"] == "test"].head(4)
         predicted = predict_files(bundle, [sample / path for path in tested["path"]],
@@ -118,8 +121,8 @@ def _wandb_files(sweep: Path) -> list[Path]:
 def test_wandb_runs_are_offline_and_hold_no_images_or_identifiers(multirun):
     files = _wandb_files(multirun["sweep"])
     assert any(p.suffix == ".wandb" for p in files)
-    sample = multirun["home"] / "data" / "mimic_cxr_sample"
-    metadata = pd.read_csv(sample / "mimic-cxr-2.0.0-metadata.csv.gz")
+    sample = multirun["home"] / "data" / "mimic_cxr_sample" / SAMPLE_IMAGES
+    metadata = pd.read_csv(sample_tables(sample) / "mimic-cxr-2.0.0-metadata.csv.gz")
     image_ids = set(metadata["dicom_id"])
     subject_ids = {str(s) for s in metadata["subject_id"]}
     identifier = re.compile(rb"[0-9a-f]{8}(?:-[0-9a-f]{8}){4}|(?<!\d)1\d{7}(?!\d)")

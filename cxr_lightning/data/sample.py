@@ -35,9 +35,11 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 
+from cxr_lightning.data.dicom import read_dicom_uint8
 from cxr_lightning.data.mimic import image_path
 from cxr_lightning.data.sample_render import (
     DicomStyle,
@@ -61,6 +63,7 @@ STUDY_LIST_FILE = "cxr-study-list.csv.gz"
 LAYOUTS = ("physionet", "single")
 PHYSIONET_DICOM_DIR = Path("physionet.org", "files", "mimic-cxr", "2.0.0")
 PHYSIONET_JPG_DIR = Path("physionet.org", "files", "mimic-cxr-jpg", "2.0.0")
+JPEG_QUALITY = 95
 
 CHEXPERT_FINDINGS: tuple[str, ...] = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum",
@@ -430,6 +433,16 @@ def is_complete_sample(root: Path) -> bool:
     return all((tables / name).is_file() for name in CSV_FILES)
 
 
+def _write_jpgs(specs: Sequence[ImageSpec], images_dir: Path, jpg_dir: Path) -> None:
+    """Each DICOM as MIMIC-CXR-JPG has it: histogram-equalised 8 bit, JPEG quality 95."""
+    for spec in specs:
+        target = jpg_dir / spec.path.relative_to(images_dir).with_suffix(".jpg")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pixels = read_dicom_uint8(spec.path, histogram_equalization=True)
+        if not cv2.imwrite(str(target), pixels, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
+            raise OSError(f"could not write {target}")
+
+
 def _record_lists(images: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """MIMIC-CXR's ``cxr-record-list`` (one row per image) and ``cxr-study-list`` tables."""
     records = images[["subject_id", "study_id", "dicom_id"]].copy()
@@ -443,15 +456,20 @@ def _record_lists(images: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 def generate_sample(out_dir: Path, n_subjects: int = 400, seed: int = 0, *,
                     overwrite: bool = False, train_fraction: float = 0.7,
                     validate_fraction: float = 0.1, compressed_fraction: float = 0.25,
-                    workers: int | None = None, layout: str = "physionet") -> Path:
+                    workers: int | None = None, layout: str = "physionet",
+                    jpg: bool = False) -> Path:
     """Write a deterministic MIMIC-CXR-format sample of ``n_subjects`` patients to ``out_dir``
     in ``layout`` (see the module docstring); returns the image directory (``data.root``).
 
     Same ``seed`` and arguments give byte-identical CSVs and identical pixel data
     (``workers``, ``compressed_fraction`` and ``layout`` do not change any pixel or label).
-    ``workers`` defaults to the CPU count (at most 8). Raises FileExistsError if ``out_dir``
-    already holds the tables, unless ``overwrite``.
+    ``workers`` defaults to the CPU count (at most 8). With ``jpg`` (PhysioNet layout) the
+    MIMIC-CXR-JPG project also gets every image as ``.jpg``, converted the way MIMIC-CXR-JPG was
+    (histogram-equalised 8 bit, quality 95), so ``data=mimic_cxr_jpg`` can read it. Raises
+    FileExistsError if ``out_dir`` already holds the tables, unless ``overwrite``.
     """
+    if jpg and layout != "physionet":
+        raise ValueError("jpg=True writes the MIMIC-CXR-JPG project: it needs layout='physionet'")
     if n_subjects < 1:
         raise ValueError(f"n_subjects must be positive, got {n_subjects}")
     if not (train_fraction > 0 and validate_fraction >= 0
@@ -482,6 +500,8 @@ def generate_sample(out_dir: Path, n_subjects: int = 400, seed: int = 0, *,
                 len(specs), len(chexpert), n_subjects, n_workers)
     _write_images(specs, n_workers)
 
+    if jpg:
+        _write_jpgs(specs, images_dir, tables_dir)
     if layout == "physionet":
         records, study_list = _record_lists(images)
         _write_csv_gz(records, images_dir / RECORD_LIST_FILE)
@@ -508,6 +528,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--layout", choices=LAYOUTS, default="physionet",
                         help="physionet: DICOM project and MIMIC-CXR-JPG tables side by side "
                              "under OUT/physionet.org/files/ (as downloaded); single: all in OUT")
+    parser.add_argument("--jpg", action="store_true",
+                        help="also write the MIMIC-CXR-JPG project's .jpg images")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -517,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
     root = generate_sample(args.out, args.n_subjects, args.seed, overwrite=args.overwrite,
-                           workers=args.workers, layout=args.layout)
+                           workers=args.workers, layout=args.layout, jpg=args.jpg)
     logger.info("Train on it with: python -m cxr_lightning.train data.root=%s", root)
 
 
