@@ -46,7 +46,7 @@ test-fast: install
 
 ## The whole study rehearsed through the real CLI (paper configuration, ResNet152 at 512, the
 ## three formulations, one epoch per setting): rates and the projected cost of the full study.
-## ~5 min on a GPU; reduced on a CPU (~10 min on 2 cores).
+## ~5 min on a GPU; reduced on a CPU (multiclass only, a few batches).
 rehearse: install
 	$(BIN)/python experiments/rehearse.py $(BENCH_ARGS)
 

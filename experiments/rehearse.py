@@ -19,9 +19,9 @@ projected to MIMIC-CXR.
    time and disk of the full study (33,703 images split 80/10/10; four models, 40 epochs each
    at worst; the 512 px cache; checkpoints as the rehearsal wrote them).
 
-On a CPU it runs at a reduced size (see ``CPU_OVERRIDES``: 12 subjects, batch 2, two training
-batches and one validation batch per epoch): its rates are real, its projection is that of
-training on that CPU, i.e. only a check that the path works.
+On a CPU it runs at a reduced size: the multiclass formulation alone, 12 subjects, and
+``CPU_OVERRIDES`` (batch 2, two training batches and one validation batch per epoch); its rates
+are real, its projection is that of training on that CPU, i.e. only a check that the path works.
 """
 
 from __future__ import annotations
@@ -50,16 +50,18 @@ STUDY_IMAGES = 33_703
 SPLIT = {"train": 0.8, "val": 0.1, "test": 0.1}
 SETTINGS, EPOCHS_PER_SETTING = 4, 10
 MODELS = 4  # binary: two; multilabel, multiclass: one each
+ALL_FORMULATIONS = "binary,multilabel,multiclass"
 IMAGE_SIZE = 512
 CPU_OVERRIDES = ["data.batch_size=2", "+trainer.limit_train_batches=2",
                  "+trainer.limit_val_batches=1", "data.num_workers=0", "data.cache_workers=2"]
 """What a CPU run changes beyond the rehearsal's own overrides: a few batches of two images."""
 
 
-def run_study(out: Path, root: Path, device: str, extra: list[str]) -> tuple[Path, float]:
-    """The three formulations through the real CLI; returns the sweep directory and wall time."""
+def run_study(out: Path, root: Path, device: str, formulations: str,
+              extra: list[str]) -> tuple[Path, float]:
+    """The formulations through the real CLI; returns the sweep directory and wall time."""
     command = [sys.executable, "-m", "cxr_lightning.train", "-m",
-               "formulation=binary,multilabel,multiclass", f"data.root={root}",
+               f"formulation={formulations}", f"data.root={root}",
                f"paths.root_dir={out}", "model.weights=none", "unfreeze.interval=1",
                "logger=csv", "+evaluation.n_bootstrap=200", *extra]
     if device == "cpu" and torch.cuda.is_available():
@@ -103,7 +105,7 @@ def summarise(sweep: Path) -> dict:
         "val_img_s": median(r["val_img_s"] for r in records if r["val_img_s"]),
         "data_wait_fraction": sum(r["data_wait_s"] for r in records) / trained,
         "peak_gpu_memory_gb": max(peaks) if peaks else None,
-        "job_bytes": sum(checkpoints) / 3,  # per job (formulation), checkpoints and model.pt
+        "model_bytes": sum(checkpoints) / len(members),  # checkpoints and model.pt per model
     }
 
 
@@ -121,7 +123,7 @@ def project(summary: dict, cache_img_s: float) -> dict:
         "train_h_worst_case": MODELS * per_model_s / 3600,
         "total_h_worst_case": (cache_s + MODELS * per_model_s) / 3600,
         "cache_disk_gb": cache_gb,
-        "outputs_disk_gb": 3 * summary["job_bytes"] / 1e9,
+        "outputs_disk_gb": MODELS * summary["model_bytes"] / 1e9,
     }
 
 
@@ -133,6 +135,8 @@ def main() -> None:
                         help="working directory (default: a temporary one, removed at the end)")
     parser.add_argument("--subjects", type=int, default=None,
                         help="sample patients (default: 200 on a GPU, 12 on a CPU)")
+    parser.add_argument("--formulations", default=None,
+                        help="default: binary,multilabel,multiclass on a GPU, multiclass on a CPU")
     parser.add_argument("--fullsize-dicoms", type=int, default=12)
     parser.add_argument("--cache-workers", type=int, default=4, help="data.cache_workers")
     parser.add_argument("--keep", action="store_true", help="keep --out afterwards")
@@ -141,6 +145,7 @@ def main() -> None:
     device = args.device if args.device != "auto" else (
         "cuda" if torch.cuda.is_available() else "cpu")
     subjects = args.subjects or (200 if device == "cuda" else 12)
+    formulations = args.formulations or (ALL_FORMULATIONS if device == "cuda" else "multiclass")
     extra = CPU_OVERRIDES if device == "cpu" else [f"data.cache_workers={args.cache_workers}"]
     cache_workers = 2 if device == "cpu" else args.cache_workers
     out = args.out or Path(tempfile.mkdtemp(prefix="cxr-rehearsal-"))
@@ -148,14 +153,15 @@ def main() -> None:
     try:
         root = generate_sample(out / "download", n_subjects=subjects, seed=0)
         cache_img_s = cache_rate_per_core(args.fullsize_dicoms) * cache_workers
-        sweep, study_s = run_study(out, root, device, extra)
+        sweep, study_s = run_study(out, root, device, formulations, extra)
         summary = summarise(sweep)
     finally:
         if not args.keep and args.out is None:
             shutil.rmtree(out, ignore_errors=True)
     figures = {"device": device, "subjects": subjects, "image_size": IMAGE_SIZE,
                "cache_build_img_s": cache_img_s, "cache_workers": cache_workers,
-               **{k: v for k, v in summary.items() if k != "job_bytes"},
+               "formulations": formulations,
+               **{k: v for k, v in summary.items() if k != "model_bytes"},
                "rehearsal_s": time.perf_counter() - started, "study_cli_s": study_s,
                "projection": project(summary, cache_img_s),
                "overrides": ["model.weights=none", "unfreeze.interval=1",

@@ -1,7 +1,9 @@
-"""A CPU rehearsal of the study's schedule through the real CLI: the paper configuration's
-``unfreeze``, ``callbacks`` and ``trainer`` keys unchanged, on a tiny sample in PhysioNet's
-layout with a small backbone (``preset=sample``), the stage boundaries checked against the rule
-recomputed by hand from the logged validation AUROCs."""
+"""A CPU rehearsal of the study through the real CLI, the way a user with a download starts it:
+``MIMIC_CXR_ROOT`` pointing at a DICOM project whose tables are only in the sibling MIMIC-CXR-JPG
+project (a tiny generated sample), the paper configuration with only what a CPU needs changed
+(backbone, weights, image size, loading). Its ``unfreeze``, ``callbacks`` and ``trainer`` keys
+are unchanged; the stage boundaries are checked against the rule recomputed by hand from the
+logged validation AUROCs."""
 
 import json
 import os
@@ -16,6 +18,8 @@ pytestmark = pytest.mark.slow
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 INTERVAL, PATIENCE, MAX_EPOCHS = 10, 3, 40  # the paper configuration's
+CPU_OVERRIDES = ["model=resnet18", "model.weights=none", "data.image_size=32",
+                 "data.batch_size=32", "data.num_workers=0", "data.cache_workers=1"]
 
 
 def settings_by_hand(scores: list[float], n_stages: int) -> tuple[list[int], int]:
@@ -37,23 +41,26 @@ def settings_by_hand(scores: list[float], n_stages: int) -> tuple[list[int], int
 
 
 @pytest.fixture(scope="module")
-def rehearsal(tmp_path_factory):
+def rehearsal(tmp_path_factory, small_sample):
     home = tmp_path_factory.mktemp("study")
     run_dir = home / "run"
+    assert not list(small_sample.glob("mimic-cxr-2.0.0-*"))  # the tables are elsewhere
     command = [sys.executable, "-m", "cxr_lightning.train", "formulation=multilabel",
                f"paths.root_dir={home}", f"hydra.run.dir={run_dir}", "logger=csv",
-               "data.sample.n_subjects=40", "data.image_size=32"]
+               *CPU_OVERRIDES]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MIMIC_CXR"))}
+    env["MIMIC_CXR_ROOT"] = str(small_sample)
     done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return run_dir, done.stdout + done.stderr
 
 
-def test_the_paper_schedule_runs_setting_by_setting(rehearsal):
+def test_the_paper_schedule_runs_setting_by_setting(rehearsal, small_sample):
     run_dir, log = rehearsal
     results = json.loads((run_dir / "results.json").read_text())
     config = results["config"]
+    assert (config["data"]["source"], config["data"]["root"]) == ("mimic_cxr", str(small_sample))
     assert (config["trainer"]["max_epochs"], config["unfreeze"]["interval"]) == (
         MAX_EPOCHS, INTERVAL)
     assert (config["unfreeze"]["patience"], config["unfreeze"]["until"]) == (
