@@ -19,7 +19,7 @@ projected to MIMIC-CXR.
    time and disk of the full study (33,703 images split 80/10/10; four models, 40 epochs each
    at worst; the 512 px cache; checkpoints as the rehearsal wrote them).
 
-On a CPU it runs at a reduced size: the multiclass formulation alone, 12 subjects, and
+On a CPU it runs at a reduced size: the multiclass formulation alone, 60 subjects, and
 ``CPU_OVERRIDES`` (batch 2, two training batches and one validation batch per epoch); its rates
 are real, its projection is that of training on that CPU, i.e. only a check that the path works.
 """
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="working directory (default: a temporary one, removed at the end)")
     parser.add_argument("--subjects", type=int, default=None,
-                        help="sample patients (default: 200 on a GPU, 12 on a CPU)")
+                        help="sample patients (default: 200 on a GPU, 60 on a CPU)")
     parser.add_argument("--formulations", default=None,
                         help="default: binary,multilabel,multiclass on a GPU, multiclass on a CPU")
     parser.add_argument("--fullsize-dicoms", type=int, default=12)
@@ -144,7 +144,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     device = args.device if args.device != "auto" else (
         "cuda" if torch.cuda.is_available() else "cpu")
-    subjects = args.subjects or (200 if device == "cuda" else 12)
+    subjects = args.subjects or (200 if device == "cuda" else 60)
     formulations = args.formulations or (ALL_FORMULATIONS if device == "cuda" else "multiclass")
     extra = CPU_OVERRIDES if device == "cpu" else [f"data.cache_workers={args.cache_workers}"]
     cache_workers = 2 if device == "cpu" else args.cache_workers
