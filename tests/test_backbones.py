@@ -141,7 +141,7 @@ def test_poisoned_hub_file_at_the_readme_name_is_refused_unrun(hub_dir: Path,
     marker = tmp_path / "payload_ran"
     (hub_dir / "checkpoints").mkdir(parents=True)
     poisoned = hub_dir / "checkpoints" / "resnet18-f37072fd.pth"
-    poisoned.write_bytes(pickle.dumps({"conv1.weight": _Payload(marker)}))
+    torch.save({"conv1.weight": _Payload(marker)}, poisoned)
     with pytest.raises(ValueError, match=r"resnet18-f37072fd\.pth.*does not start with 'f37072fd'"):
         build_backbone("resnet18", "imagenet")
     assert not marker.exists()
