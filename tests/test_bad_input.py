@@ -7,6 +7,7 @@ inputs. Each test is one case with its assertion.
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 from pathlib import Path
@@ -31,10 +32,14 @@ from cxr_lightning.data.cache import (
     load_and_resize,
     open_image_cache,
 )
+from cxr_lightning.data.chexpert import build_chexpert_manifest
 from cxr_lightning.data.images import ImageDecodeError, read_image_uint8
 from cxr_lightning.data.mimic import build_mimic_manifest
+from cxr_lightning.data.nih import build_nih_manifest
+from cxr_lightning.data.tables import TableError
 from cxr_lightning.inference import images as inference_images
 from cxr_lightning.inference.images import InputImages
+from cxr_lightning.inference.inputs import collect_inputs
 
 SPEC = CacheSpec(image_size=16, shard_size=4)
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
@@ -309,3 +314,109 @@ def test_a_build_with_too_many_failures_is_an_error_not_complete(sample_copy, tm
         build_shards(manifest, root, tmp_path / "cache", SPEC, 1)
     assert not (tmp_path / "cache" / COMPLETE_MARKER).exists()
 
+
+
+# ---------------------------------------------------------------------- tables (CSV)
+
+
+@pytest.fixture()
+def mimic_root(small_sample: Path, tmp_path: Path) -> Path:
+    """A private copy of the sample's three MIMIC CSVs (the images are not needed)."""
+    root = tmp_path / "mimic"
+    root.mkdir()
+    for csv in small_sample.glob("mimic-cxr-2.0.0-*.csv.gz"):
+        shutil.copy(csv, root / csv.name)
+    return root
+
+
+def _edit_csv(root: Path, name: str, edit) -> Path:
+    path = root / f"mimic-cxr-2.0.0-{name}.csv.gz"
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    edit(table).to_csv(path, index=False)
+    return path
+
+
+def _table_error(root: Path, path: Path, match: str) -> None:
+    with pytest.raises(TableError, match=match) as raised:
+        build_mimic_manifest(root)
+    assert str(path) in str(raised.value)
+
+
+def test_a_blank_subject_id_is_an_error_naming_the_line(mimic_root: Path) -> None:
+    def blank(table: pd.DataFrame) -> pd.DataFrame:
+        table.loc[4, "subject_id"] = ""
+        return table
+
+    path = _edit_csv(mimic_root, "metadata", blank)
+    _table_error(mimic_root, path, "column 'subject_id' is blank on line 6")
+
+
+def test_a_missing_label_column_is_named(mimic_root: Path) -> None:
+    path = _edit_csv(mimic_root, "chexpert", lambda t: t.drop(columns="Edema"))
+    _table_error(mimic_root, path, r"lacks column\(s\) \['Edema'\]")
+
+
+@pytest.mark.parametrize(("value", "match"), [("yes", "must hold numbers; line 3 holds 'yes'"),
+                                              ("2", "holds '2' on line 3; allowed")])
+def test_labels_that_are_not_codes_are_errors(mimic_root: Path, value: str, match: str) -> None:
+    def word(table: pd.DataFrame) -> pd.DataFrame:
+        table.loc[1, "Pleural Effusion"] = value
+        return table
+
+    _table_error(mimic_root, _edit_csv(mimic_root, "chexpert", word), match)
+
+
+@pytest.mark.parametrize("name", ["val", "Train"])
+def test_unknown_split_names_are_errors(mimic_root: Path, name: str) -> None:
+    def rename(table: pd.DataFrame) -> pd.DataFrame:
+        table.loc[0, "split"] = name
+        return table
+
+    _table_error(mimic_root, _edit_csv(mimic_root, "split", rename),
+                 rf"column 'split' holds '{name}' on line 2; allowed: \['test', 'train', "
+                 r"'validate'\]")
+
+
+def test_a_duplicated_dicom_id_is_an_error(mimic_root: Path) -> None:
+    path = _edit_csv(mimic_root, "metadata", lambda t: pd.concat([t, t.iloc[[3]]]))
+    _table_error(mimic_root, path, r"\['dicom_id'\] must be unique")
+
+
+@pytest.mark.parametrize(("content", "match"), [
+    (lambda: gzip.compress(b""), "empty file"),
+    (lambda: gzip.compress(b"dicom_id,subject_id,study_id,ViewPosition\n"), "header only"),
+    (lambda: gzip.compress(b"dicom_id,subject_id,study_id,ViewPosition\n" * 2000)[:300],
+     "cannot be read as a CSV"),
+    (lambda: b"dicom_id,subject_id,study_id,ViewPosition\na,1,2,PA\n",
+     "cannot be read as a CSV .a .gz must be a complete gzip file"),
+])
+def test_unreadable_gzip_csvs_are_named(mimic_root: Path, content, match: str) -> None:
+    path = mimic_root / "mimic-cxr-2.0.0-metadata.csv.gz"
+    path.write_bytes(content())
+    _table_error(mimic_root, path, match)
+
+
+def test_nih_blank_patient_id_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "Data_Entry_2017.csv"
+    path.write_text("Image Index,Finding Labels,Follow-up #,Patient ID,View Position\n"
+                    "00000001_000.png,Edema,0,1,PA\n00000002_000.png,No Finding,0,,AP\n")
+    with pytest.raises(TableError, match=rf"{path}: column 'Patient ID' is blank on line 3"):
+        build_nih_manifest(tmp_path)
+
+
+def test_chexpert_words_as_labels_are_an_error(tmp_path: Path) -> None:
+    header = "Path,Sex,Age,Frontal/Lateral,AP/PA,Edema,Pleural Effusion\n"
+    (tmp_path / "train.csv").write_text(
+        header + "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg,F,60,"
+        "Frontal,AP,positive,0.0\n")
+    (tmp_path / "valid.csv").write_text(header)
+    with pytest.raises(TableError, match=r"train.csv: column 'Edema' must hold numbers; line 2 "
+                                         r"holds 'positive'"):
+        build_chexpert_manifest(tmp_path)
+
+
+def test_a_predict_manifest_without_rows_is_named(tmp_path: Path) -> None:
+    manifest = tmp_path / "inputs.csv"
+    manifest.write_text("path\n")
+    with pytest.raises(TableError, match=rf"{manifest}: header only"):
+        collect_inputs(str(manifest))

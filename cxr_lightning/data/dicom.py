@@ -325,8 +325,8 @@ def _read_headerless(path: Path) -> Dataset:
     """A dataset without preamble and file meta, with the transfer syntax it was read in."""
     ds = dcmread(path, force=True)
     if "PixelData" not in ds:  # anything at all reads under force=True: demand an image
-        raise DicomDecodeError(f"{path}: not a DICOM file (no DICM preamble) and no Pixel Data "
-                               "element when read without one")
+        raise DicomDecodeError(f"{path}: cannot read as DICOM: no DICM preamble, and no Pixel "
+                               "Data element when read without one")
     implicit, little = ds.original_encoding
     ds.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
     if "TransferSyntaxUID" not in ds.file_meta:

@@ -22,6 +22,7 @@ from cxr_lightning.data.manifest import (
     finish_manifest,
     random_patient_split,
 )
+from cxr_lightning.data.tables import ID, LABEL_CODE, Column, read_table
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,12 @@ def build_mimic_manifest(
     options = CohortOptions(labeler=labeler, label_policy=label_policy, views=views, split=split,
                             split_seed=split_seed)
     root = Path(root)
-    labels = pd.read_csv(mimic_csv(root, options.labeler))
-    metadata = pd.read_csv(mimic_csv(root, "metadata"),
-                           usecols=["dicom_id", "subject_id", "study_id", "ViewPosition"])
+    labels = read_table(mimic_csv(root, options.labeler), {
+        "subject_id": ID, "study_id": ID, **{c: LABEL_CODE for c in LABEL_COLUMNS.values()}},
+        unique=("subject_id", "study_id"))
+    metadata = read_table(mimic_csv(root, "metadata"), {
+        "dicom_id": Column("str"), "subject_id": ID, "study_id": ID,
+        "ViewPosition": Column("str", blank=True)}, unique=("dicom_id",))
     report = CohortReport(images_in_source=len(metadata), options=options.to_dict())
 
     labels = labels[["subject_id", "study_id", *LABEL_COLUMNS.values()]].rename(
@@ -117,5 +121,7 @@ def _split(root: Path, images: pd.DataFrame, metadata: pd.DataFrame,
         subjects = metadata["subject_id"]
         of_subject = random_patient_split(subjects, options.split_seed).groupby(subjects).first()
         return images["subject_id"].map(of_subject)
-    official = pd.read_csv(mimic_csv(root, "split"), usecols=["dicom_id", "split"])
+    official = read_table(mimic_csv(root, "split"), {
+        "dicom_id": Column("str"), "split": Column("str", frozenset(SPLIT_NAMES))},
+        unique=("dicom_id",))
     return images["dicom_id"].map(official.set_index("dicom_id")["split"].map(SPLIT_NAMES))

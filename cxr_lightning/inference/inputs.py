@@ -19,9 +19,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
-
 from cxr_lightning.data.images import SUPPORTED_SUFFIXES
+from cxr_lightning.data.tables import Column, read_table
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +65,5 @@ def _images_under(folder: Path) -> list[Path]:
 
 
 def _manifest_paths(manifest: Path) -> list[Path]:
-    table = pd.read_csv(manifest, dtype={MANIFEST_PATH_COLUMN: str})
-    if MANIFEST_PATH_COLUMN not in table.columns:
-        raise ValueError(f"manifest {manifest} has no {MANIFEST_PATH_COLUMN!r} column "
-                         f"(columns: {list(table.columns)})")
-    listed = table[MANIFEST_PATH_COLUMN]
-    if listed.isna().any():
-        raise ValueError(f"manifest {manifest}: {int(listed.isna().sum())} rows have an empty "
-                         f"{MANIFEST_PATH_COLUMN!r}")
+    listed = read_table(manifest, {MANIFEST_PATH_COLUMN: Column("str")})[MANIFEST_PATH_COLUMN]
     return [Path(p) if Path(p).is_absolute() else manifest.parent / p for p in listed]
