@@ -38,8 +38,10 @@ from cxr_lightning.data.mimic import build_mimic_manifest
 from cxr_lightning.data.nih import build_nih_manifest
 from cxr_lightning.data.tables import TableError
 from cxr_lightning.inference import images as inference_images
+from cxr_lightning.inference.cli import parse_arguments
 from cxr_lightning.inference.images import InputImages
 from cxr_lightning.inference.inputs import collect_inputs
+from cxr_lightning.predict import PredictArguments
 
 SPEC = CacheSpec(image_size=16, shard_size=4)
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
@@ -420,3 +422,41 @@ def test_a_predict_manifest_without_rows_is_named(tmp_path: Path) -> None:
     manifest.write_text("path\n")
     with pytest.raises(TableError, match=rf"{manifest}: header only"):
         collect_inputs(str(manifest))
+
+
+# ---------------------------------------------------------------------- predict inputs
+
+
+def _png(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8), 50, dtype=np.uint8)).save(path)
+    return path
+
+
+def test_a_hash_in_a_file_name_is_not_a_yaml_comment(tmp_path: Path) -> None:
+    named = _png(tmp_path / "case #1.png")
+    shutil.copy(named, tmp_path / "case")
+    args = parse_arguments(PredictArguments, ["ckpt=model.pt", f"inputs={named}"], "usage")
+    assert collect_inputs(args.inputs) == [named]
+
+
+def test_an_existing_path_with_brackets_is_not_a_glob(tmp_path: Path) -> None:
+    named = _png(tmp_path / "[a].png")
+    _png(tmp_path / "a.png")
+    args = parse_arguments(PredictArguments, ["ckpt=model.pt", f"inputs={named}"], "usage")
+    assert collect_inputs(args.inputs) == [named]
+
+
+def test_a_symlink_loop_yields_each_file_once(tmp_path: Path) -> None:
+    image = _png(tmp_path / "scans" / "one.png")
+    (tmp_path / "scans" / "loop").symlink_to(tmp_path / "scans")
+    assert (collect_inputs(str(tmp_path / "scans" / "**" / "*.png")),
+            collect_inputs(str(tmp_path / "scans"))) == ([image], [image])
+
+
+def test_a_broken_symlink_gets_its_row(tmp_path: Path) -> None:
+    image = _png(tmp_path / "scans" / "one.png")
+    broken = tmp_path / "scans" / "two.png"
+    broken.symlink_to(tmp_path / "gone.png")
+    assert (collect_inputs(str(tmp_path / "scans")),
+            collect_inputs(str(tmp_path / "scans" / "*.png"))) == ([image, broken],) * 2
