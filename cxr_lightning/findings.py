@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 import torch
 
 FINDINGS: tuple[str, str] = ("edema", "effusion")
@@ -28,3 +31,12 @@ def marginal_probabilities(class_probabilities: torch.Tensor) -> torch.Tensor:
     edema = class_probabilities[:, 2] + class_probabilities[:, 3]
     effusion = class_probabilities[:, 1] + class_probabilities[:, 3]
     return torch.stack([edema, effusion], dim=1)
+
+
+def mean_of_defined(values: Mapping[str, float | None]) -> tuple[float, list[str]]:
+    """The mean of the finite values (NaN when none is) and the keys whose value is undefined
+    (NaN or None): e.g. the mean AUROC over the findings whose AUROC exists, when a split holds
+    one class of some finding."""
+    undefined = [key for key, value in values.items() if value is None or not math.isfinite(value)]
+    defined = [float(value) for key, value in values.items() if key not in undefined]
+    return (sum(defined) / len(defined) if defined else math.nan), undefined

@@ -3,12 +3,15 @@
 Privacy: nothing identifying leaves the machine by default. W&B runs offline
 (``logger.wandb.mode``, default ``${oc.env:WANDB_MODE,offline}``), console capture and code saving
 are off, checkpoints are not uploaded, and only the config, curves and summary metrics are
-logged: never images, DICOM headers or patient/image identifiers.
+logged: never images, DICOM headers or patient/image identifiers. wandb's own telemetry and
+error reporting (which resolve and post to a remote host even offline) are off unless
+``WANDB_ERROR_REPORTING=true`` is set.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,7 @@ def member_loggers(cfg: DictConfig, output_dir: Path, member: str, prefix: str) 
         loggers.append(CSVLogger(save_dir=str(output_dir), name="csv", version=member))
     wandb_cfg = cfg.logger.wandb
     if wandb_cfg.enabled:
+        disable_wandb_telemetry()
         loggers.append(WandbLogger(
             project=wandb_cfg.project,
             mode=wandb_cfg.mode,
@@ -50,6 +54,14 @@ def member_loggers(cfg: DictConfig, output_dir: Path, member: str, prefix: str) 
             settings=wandb.Settings(console="off", save_code=False),
         ))
     return loggers
+
+
+def disable_wandb_telemetry() -> None:
+    """Turn wandb's telemetry and error reporting off (its service reads
+    ``WANDB_ERROR_REPORTING`` when it starts) unless the user set that variable."""
+    if os.environ.setdefault(wandb.env.ERROR_REPORTING, "false").lower() != "false":
+        log.info("%s=%s: wandb may send telemetry and error reports", wandb.env.ERROR_REPORTING,
+                 os.environ[wandb.env.ERROR_REPORTING])
 
 
 def job_group() -> str:

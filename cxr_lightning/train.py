@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import traceback
@@ -190,7 +191,13 @@ def optimized_value(cfg: DictConfig, results: dict[str, Any]) -> float:
     if cfg.optimized_metric not in metrics:
         raise KeyError(f"optimized_metric={cfg.optimized_metric!r} is not among the job's "
                        f"metrics: {sorted(k for k in metrics if '/' in k)[:20]}...")
-    return float(metrics[cfg.optimized_metric])
+    value = metrics[cfg.optimized_metric]
+    if value is None or not math.isfinite(value):
+        log.warning("optimized_metric=%s is undefined for this job (e.g. every finding's "
+                    "validation split holds one class); the job returns NaN, which a sweeper "
+                    "records as a failed trial", cfg.optimized_metric)
+        return math.nan
+    return float(value)
 
 
 def run_job(cfg: DictConfig) -> float:

@@ -3,7 +3,9 @@ and unfreezable_blocks."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import pickle
 import sys
 import types
 from pathlib import Path
@@ -18,6 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import densenet121, resnet18
 
 from cxr_lightning.callbacks.unfreeze import ProgressiveUnfreezing
+from cxr_lightning.models import backbones
 from cxr_lightning.models.backbones import (
     build_backbone,
     calibrate_batchnorm,
@@ -98,13 +101,61 @@ def test_imagenet_offline_explains_where_to_put_the_file(
     assert raised.value.__cause__ is error
 
 
-def test_imagenet_file_placed_as_told_is_used(hub_dir: Path) -> None:
+def _place_in_hub(payload: object, name: str, hub_dir: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Save ``payload`` in the hub cache as ``name-<its sha256 prefix>.pth``, the name the
+    (patched) download URL of backbone ``name`` points at."""
+    (hub_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    staged = hub_dir / "staged.pth"
+    torch.save(payload, staged)
+    prefix = hashlib.sha256(staged.read_bytes()).hexdigest()[:8]
+    placed = staged.rename(hub_dir / "checkpoints" / f"{name}-{prefix}.pth")
+    monkeypatch.setattr(backbones, "imagenet_url",
+                        lambda arch: f"https://download.pytorch.org/models/{placed.name}")
+    return placed
+
+
+def test_imagenet_file_placed_as_told_is_used(hub_dir: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     reference = resnet18()
-    (hub_dir / "checkpoints").mkdir(parents=True)
-    torch.save(reference.state_dict(), hub_dir / "checkpoints" / "resnet18-f37072fd.pth")
+    _place_in_hub(reference.state_dict(), "resnet18", hub_dir, monkeypatch)
     trunk, _ = build_backbone("resnet18", "imagenet")
     reference.fc = nn.Identity()
     assert torch.equal(trunk.eval()(IMAGES), reference.eval()(IMAGES))
+
+
+class _Payload:
+    """A pickle that touches ``marker`` when unpickled (a stand-in for any code)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+def test_poisoned_hub_file_at_the_readme_name_is_refused_unrun(hub_dir: Path,
+                                                                tmp_path: Path) -> None:
+    """A pickle placed where the README tells offline users to put the weights: its hash
+    does not match the name, so it is refused before anything is unpickled."""
+    marker = tmp_path / "payload_ran"
+    (hub_dir / "checkpoints").mkdir(parents=True)
+    poisoned = hub_dir / "checkpoints" / "resnet18-f37072fd.pth"
+    torch.save({"conv1.weight": _Payload(marker)}, poisoned)
+    with pytest.raises(ValueError, match=r"resnet18-f37072fd\.pth.*does not start with 'f37072fd'"):
+        build_backbone("resnet18", "imagenet")
+    assert not marker.exists()
+
+
+def test_poisoned_hub_file_with_a_matching_hash_is_not_unpickled(
+    hub_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Even a file whose name carries its own hash is loaded with weights_only=True."""
+    marker = tmp_path / "payload_ran"
+    _place_in_hub({"conv1.weight": _Payload(marker)}, "resnet18", hub_dir, monkeypatch)
+    with pytest.raises(pickle.UnpicklingError):
+        build_backbone("resnet18", "imagenet")
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("layout", ["plain", "nested", "module_prefix"])
@@ -280,13 +331,14 @@ def _legacy_densenet_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return legacy
 
 
-def test_densenet_imagenet_file_with_legacy_keys_is_used(hub_dir: Path) -> None:
+def test_densenet_imagenet_file_with_legacy_keys_is_used(
+    hub_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.manual_seed(0)
     reference = densenet121()
     legacy = _legacy_densenet_keys(reference.state_dict())
     assert "features.denseblock1.denselayer1.norm.1.weight" in legacy
-    (hub_dir / "checkpoints").mkdir(parents=True)
-    torch.save(legacy, hub_dir / "checkpoints" / "densenet121-a639ec97.pth")
+    _place_in_hub(legacy, "densenet121", hub_dir, monkeypatch)
     trunk, _ = build_backbone("densenet121", "imagenet")
     grey, _ = build_backbone("densenet121", "imagenet", in_channels=1)
     reference.classifier = nn.Identity()

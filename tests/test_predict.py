@@ -226,7 +226,7 @@ def test_collect_inputs(tmp_path):
                                                                            index=False)
     assert collect_inputs(str(manifest)) == [second, first]
     pd.DataFrame({"file": ["a/y.jpg"]}).to_csv(manifest, index=False)
-    with pytest.raises(ValueError, match="no 'path' column"):
+    with pytest.raises(ValueError, match="lacks column\\(s\\) \\['path'\\]"):
         collect_inputs(str(manifest))
     with pytest.raises(ValueError, match="matches no file"):
         collect_inputs(f"{tmp_path}/*.dcm")

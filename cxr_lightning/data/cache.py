@@ -4,18 +4,29 @@ Layout of a cache directory (``{cache_dir}/{source}-{size}px-{key}``, ``key`` ha
 preprocessing parameters and the image list, so a changed parameter means a new directory)::
 
     spec.json                  CacheSpec (size, resize policy, interpolation, shard size, format
-                               version) + the image-list hash + image and shard counts
+                               version) + the image-list hash + image and shard counts + the
+                               resolved source root
     shard-00000.npy            uint8 (n, S, S), n = shard_size except in the last shard
-    shard-00000.index.csv      image_id of each row of the shard, in row order
+    shard-00000.index.csv      image_id, path, size and mtime_ns of the file of each row of the
+                               shard, in row order (-1 for a file that was missing)
     shard-00000.failures.csv   image_id, path, reason of the images that could not be decoded
     ...
     COMPLETE                   written last, once every shard exists
 
 The manifest is sorted by ``image_id`` and shard ``k`` holds its rows ``[k*n, (k+1)*n)``, so a
 shard's contents depend only on the spec and the image list: a rebuild is byte-identical and
-shards can be built on different machines (``--shard i/N``) and copied together. An image that
-fails to decode keeps its row (all zeros) and is listed in the shard's failures; readers leave
-it out. Each shard file is written under a ``.partial`` name and renamed (the ``.npy`` last, so
+shards can be built on different machines (``--shard i/N``, under the same root path) and copied
+together. An image that fails to decode, for whatever reason, keeps its row (all zeros) and is
+listed in the shard's failures; readers leave it out. A build in which more than
+``max_failed_fraction`` (default 5%) of the images failed ends with :class:`CacheBuildError`
+instead of completing.
+
+The cache knows what it was built from: a cache of another root is refused
+(:class:`CacheSpecMismatchError`), and a shard one of whose files changed size or mtime since
+it was built (or appeared, or vanished) is rebuilt before the cache is used again.
+``--retry-failures`` (``retry_failures=True``) also rebuilds every shard holding a failure.
+
+Each shard file is written under a ``.partial`` name and renamed (the ``.npy`` last, so
 its presence means the shard is complete); a build that is killed resumes with the shards that
 are missing and never rewrites a complete one. Writes hold an exclusive ``flock`` on
 ``.lock``, so builders running at once on one directory (parallel jobs, ``--shard`` runs on a
@@ -28,6 +39,7 @@ Build ahead of training (the DataModule finds the same keyed directory under ``d
 
     python -m cxr_lightning.data.cache --root $MIMIC_CXR_ROOT --out data/cache --size 512 \
         [--resize pad] [--workers N] [--shard i/N] [--source mimic_cxr] [--labeler chexpert]
+        [--retry-failures] [--max-failed-fraction 0.05] [--max-pixels 60000000]
 """
 
 from __future__ import annotations
@@ -38,7 +50,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
@@ -50,14 +62,17 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from cxr_lightning.data.images import ImageDecodeError, read_image_uint8
+from cxr_lightning.data.images import MAX_PIXELS, read_image_uint8
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 2
+CACHE_FORMAT_VERSION = 3
 DEFAULT_SHARD_SIZE = 1024
 RESIZE_POLICIES = ("pad", "squash", "center_crop")
 COMPLETE_MARKER = "COMPLETE"
+#: Default largest fraction of a cache's images that may fail before the build is an error.
+MAX_FAILED_FRACTION = 0.05
+_STAT_COLUMNS = ("size", "mtime_ns")
 _INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 
 
@@ -91,6 +106,10 @@ class CacheSpec:
 
 class CacheSpecMismatchError(ValueError):
     """A cache directory holds images made with other parameters than those requested."""
+
+
+class CacheBuildError(RuntimeError):
+    """Too many of a cache's images failed to decode for the cache to be used."""
 
 
 class ShardedImages:
@@ -189,14 +208,15 @@ def resize_square(image: np.ndarray, size: int, policy: str = "pad",
     return padded
 
 
-def decode_image(path: Path, spec: CacheSpec) -> np.ndarray:
+def decode_image(path: Path, spec: CacheSpec, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode one DICOM/PNG/JPEG file to 8-bit grey (255 = bright); ImageDecodeError if not."""
-    return read_image_uint8(path, histogram_equalization=spec.histogram_equalization)
+    return read_image_uint8(path, histogram_equalization=spec.histogram_equalization,
+                            max_pixels=max_pixels)
 
 
-def load_and_resize(path: Path, spec: CacheSpec) -> np.ndarray:
+def load_and_resize(path: Path, spec: CacheSpec, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode one image file and resize it to the spec's square."""
-    return resize_square(decode_image(path, spec), spec.image_size, spec.resize,
+    return resize_square(decode_image(path, spec, max_pixels), spec.image_size, spec.resize,
                          spec.interpolation)
 
 
@@ -222,25 +242,35 @@ def build_image_cache(
     cache_dir: str | Path,
     spec: CacheSpec,
     num_workers: int = 2,
+    max_failed_fraction: float = MAX_FAILED_FRACTION,
 ) -> ImageCache:
     """Return the cache of the manifest's images, building (or finishing) it first if needed.
 
     Images that fail to decode are recorded in the shards' failures with the reason and left
-    out; the build goes on.
+    out; the build goes on (:class:`CacheBuildError` when more than ``max_failed_fraction``
+    fail). A complete cache of another root is refused; one whose files changed since is
+    rebuilt where they changed.
     """
     directory = cache_directory(manifest, Path(cache_dir), spec)
+    root = _resolved(source_root)
     if (directory / COMPLETE_MARKER).is_file():
-        log.info("Using the image cache %s", directory)
-        return open_image_cache(directory, spec)
-    covering = _covering_cache(manifest, directory, spec)
-    if covering is not None:
-        return covering
-    build_shards(manifest, source_root, directory, spec, num_workers)
+        _check_spec(directory, {"spec": asdict(spec), "source_root": root})
+        if not _stale_shards(directory, root):
+            log.info("Using the image cache %s", directory)
+            return open_image_cache(directory, spec)
+    else:
+        covering = _covering_cache(manifest, directory, spec, root)
+        if covering is not None:
+            return covering
+    build_shards(manifest, source_root, directory, spec, num_workers,
+                 max_failed_fraction=max_failed_fraction)
     return open_image_cache(directory, spec)
 
 
-def _covering_cache(manifest: pd.DataFrame, directory: Path, spec: CacheSpec) -> ImageCache | None:
-    """A complete sibling cache of the same source and spec holding every manifest image.
+def _covering_cache(manifest: pd.DataFrame, directory: Path, spec: CacheSpec,
+                    root: str) -> ImageCache | None:
+    """A complete, current sibling cache of the same source, root and spec holding every
+    manifest image.
 
     The CLI caches every labelled image of a source once; each cohort (label policy, views,
     split) then reads its subset from that cache instead of decoding its own.
@@ -249,7 +279,12 @@ def _covering_cache(manifest: pd.DataFrame, directory: Path, spec: CacheSpec) ->
     wanted = set(manifest["image_id"])
     for candidate in sorted(directory.parent.glob(f"{prefix}-*/{COMPLETE_MARKER}")):
         record = json.loads((candidate.parent / "spec.json").read_text())
-        if record["spec"] != asdict(spec) or record["n_images"] < len(wanted):
+        if (record["spec"] != asdict(spec) or record.get("source_root") != root
+                or record["n_images"] < len(wanted)):
+            continue
+        if _stale_shards(candidate.parent, root):
+            log.warning("Not using the image cache %s: files changed since it was built",
+                        candidate.parent)
             continue
         cache = open_image_cache(candidate.parent, spec)
         held = cache.row_of.keys() | set(cache.skipped["image_id"])
@@ -267,11 +302,19 @@ def build_shards(
     spec: CacheSpec,
     num_workers: int = 2,
     part: tuple[int, int] = (0, 1),
+    *,
+    retry_failures: bool = False,
+    max_failed_fraction: float = MAX_FAILED_FRACTION,
+    max_pixels: int = MAX_PIXELS,
 ) -> BuildSummary:
     """Build the missing shards ``k`` with ``k % part[1] == part[0]`` into ``directory``.
 
-    Writes ``COMPLETE`` when every shard exists afterwards (so the last of several ``--shard``
-    runs on a shared directory, or a plain run after copying them together, completes it).
+    Shards of the part whose files changed since they were built are rebuilt, and with
+    ``retry_failures`` so is every shard of the part holding a failure. Writes ``COMPLETE``
+    when every shard exists afterwards (so the last of several ``--shard`` runs on a shared
+    directory, or a plain run after copying them together, completes it), unless more than
+    ``max_failed_fraction`` of all the cache's images failed: then :class:`CacheBuildError`.
+    Images over ``max_pixels`` pixels are refused (a recorded failure) before decoding.
     """
     directory = Path(directory)
     index, of = part
@@ -279,8 +322,11 @@ def build_shards(
         raise ValueError(f"shard part {index}/{of}: expected 0 <= i < N")
     if manifest.empty or manifest["image_id"].duplicated().any():
         raise ValueError("the manifest to cache must hold images, each image_id once")
+    if not 0 <= max_failed_fraction <= 1:
+        raise ValueError(f"max_failed_fraction={max_failed_fraction}: expected 0 to 1")
     ordered = manifest.sort_values("image_id", kind="stable").reset_index(drop=True)
-    stored = _spec_record(spec, ordered)
+    root = _resolved(source_root)
+    stored = _spec_record(spec, ordered, root)
     directory.mkdir(parents=True, exist_ok=True)
     with _exclusive(directory):
         if (directory / "spec.json").is_file():
@@ -288,18 +334,25 @@ def build_shards(
         else:
             _write_atomic(directory / "spec.json", json.dumps(stored, indent=2, sort_keys=True))
     n_shards = stored["n_shards"]
-    todo = [k for k in range(index, n_shards, of) if not _shard_path(directory, k).is_file()]
+    mine = range(index, n_shards, of)
+    _invalidate(directory, _stale_shards(directory, root, mine), "files changed since built")
+    if retry_failures:
+        _invalidate(directory, _shards_with_failures(directory, mine), "--retry-failures")
+    todo = [k for k in mine if not _shard_path(directory, k).is_file()]
     rows = {k: ordered.iloc[k * spec.shard_size:(k + 1) * spec.shard_size] for k in todo}
-    tasks = [(str(Path(source_root) / path), spec) for k in todo for path in rows[k]["path"]]
+    stats = {k: _file_stats(root, rows[k]["path"]) for k in todo}
+    tasks = [(str(Path(root) / path), spec, max_pixels) for k in todo for path in rows[k]["path"]]
     results = _decode_all(tasks, num_workers)
     failed = 0
     with tqdm(total=len(tasks), unit="img", desc=f"Caching {len(todo)} shards at "
               f"{spec.image_size}px") as progress:
         for k in todo:
-            failed += _write_shard(directory, k, rows[k], spec, results, progress)
+            failed += _write_shard(directory, k, rows[k].assign(**stats[k]), spec, results,
+                                   progress)
     with _exclusive(directory):
         complete = all(_shard_path(directory, k).is_file() for k in range(n_shards))
         if complete:
+            _check_failures(directory, n_shards, stored["n_images"], max_failed_fraction)
             _write_atomic(directory / COMPLETE_MARKER, f"{n_shards} shards\n")
     summary = BuildSummary(directory, n_shards, len(todo), len(tasks), failed, complete)
     if failed:
@@ -369,10 +422,82 @@ def _read_text(location: str | Path) -> str:
         return handle.read()
 
 
-def _spec_record(spec: CacheSpec, ordered: pd.DataFrame) -> dict:
+def _spec_record(spec: CacheSpec, ordered: pd.DataFrame, root: str) -> dict:
     n = len(ordered)
     return {"spec": asdict(spec), "image_list_hash": image_list_hash(ordered), "n_images": n,
-            "n_shards": -(-n // spec.shard_size)}
+            "n_shards": -(-n // spec.shard_size), "source_root": root}
+
+
+def _resolved(source_root: str | Path) -> str:
+    """The absolute, symlink-free source root a cache records."""
+    return str(Path(source_root).expanduser().resolve())
+
+
+def _file_stats(root: str, paths: pd.Series) -> dict[str, list[int]]:
+    """``size`` and ``mtime_ns`` of each file (``-1`` for a missing one)."""
+    stats: dict[str, list[int]] = {column: [] for column in _STAT_COLUMNS}
+    for path in paths:
+        try:
+            stat = os.stat(Path(root) / path)
+        except OSError:
+            size = mtime = -1
+        else:
+            size, mtime = stat.st_size, stat.st_mtime_ns
+        stats["size"].append(size)
+        stats["mtime_ns"].append(mtime)
+    return stats
+
+
+def _stale_shards(directory: Path, root: str, shards: Iterable[int] | None = None) -> list[int]:
+    """The built shards (of ``shards``, default all) one of whose files changed size or mtime,
+    appeared or vanished since it was built; a warning names the first changed file."""
+    if shards is None:
+        shards = range(json.loads((directory / "spec.json").read_text())["n_shards"])
+    stale = []
+    for k in shards:
+        index_csv = _shard_path(directory, k, ".index.csv")
+        if not _shard_path(directory, k).is_file() or not index_csv.is_file():
+            continue
+        index = pd.read_csv(index_csv, dtype={"image_id": str, "path": str})
+        now = pd.DataFrame(_file_stats(root, index["path"]))
+        changed = (now.to_numpy() != index[list(_STAT_COLUMNS)].to_numpy()).any(axis=1)
+        if changed.any():
+            stale.append(k)
+            log.warning("Image cache %s, shard %d: %d file(s) changed since it was built (e.g. "
+                        "%s); it is rebuilt", directory, k, int(changed.sum()),
+                        index["path"][changed].iloc[0])
+    return stale
+
+
+def _shards_with_failures(directory: Path, shards: Iterable[int]) -> list[int]:
+    """The built shards (of ``shards``) whose failures list is not empty."""
+    return [k for k in shards if _shard_path(directory, k).is_file()
+            and len(pd.read_csv(_shard_path(directory, k, ".failures.csv")))]
+
+
+def _invalidate(directory: Path, shards: list[int], why: str) -> None:
+    """Delete the shards' ``.npy`` (and ``COMPLETE``) so that the build makes them again."""
+    if not shards:
+        return
+    log.info("Image cache %s: rebuilding %d shard(s) (%s)", directory, len(shards), why)
+    with _exclusive(directory):
+        (directory / COMPLETE_MARKER).unlink(missing_ok=True)
+        for k in shards:
+            _shard_path(directory, k).unlink(missing_ok=True)
+
+
+def _check_failures(directory: Path, n_shards: int, n_images: int, max_fraction: float) -> None:
+    """CacheBuildError when more than ``max_fraction`` of the cache's images failed."""
+    failures = pd.concat([pd.read_csv(_shard_path(directory, k, ".failures.csv"))
+                          for k in range(n_shards)], ignore_index=True)
+    if len(failures) > max_fraction * n_images:
+        examples = "; ".join(failures["reason"].head(3))
+        raise CacheBuildError(
+            f"image cache {directory}: {len(failures)} of {n_images} images could not be "
+            f"decoded, more than max_failed_fraction={max_fraction}; the cache is not marked "
+            f"complete. Reasons in {directory}/shard-*.failures.csv, e.g. {examples}. Fix or "
+            "remove those files (a changed file's shard is rebuilt), or rerun with "
+            "--retry-failures, or allow more with --max-failed-fraction")
 
 
 def _check_spec(directory: str | Path, expected: dict) -> dict:
@@ -429,7 +554,7 @@ def _write_shard(directory: Path, shard: int, rows: pd.DataFrame, spec: CacheSpe
         if npy.is_file():  # written meanwhile by a concurrent builder: identical, keep it
             return len(failures)
         _write_atomic(_shard_path(directory, shard, ".index.csv"),
-                      rows[["image_id"]].to_csv(index=False))
+                      rows[["image_id", "path", *_STAT_COLUMNS]].to_csv(index=False))
         _write_atomic(_shard_path(directory, shard, ".failures.csv"),
                       pd.DataFrame(failures, columns=["image_id", "path", "reason"]).to_csv(
                           index=False))
@@ -440,16 +565,17 @@ def _write_shard(directory: Path, shard: int, rows: pd.DataFrame, spec: CacheSpe
     return len(failures)
 
 
-def _decode_task(task: tuple[str, CacheSpec]) -> np.ndarray | str:
-    """The resized image, or the reason it could not be made."""
-    path, spec = task
+def _decode_task(task: tuple[str, CacheSpec, int]) -> np.ndarray | str:
+    """The resized image, or the reason it could not be made (whatever the exception)."""
+    path, spec, max_pixels = task
     try:
-        return load_and_resize(Path(path), spec)
-    except ImageDecodeError as error:
-        return f"{type(error).__name__}: {error}"
+        return load_and_resize(Path(path), spec, max_pixels)
+    except Exception as error:  # one bad file never stops the build; the reason names it
+        reason = f"{type(error).__name__}: {error}"
+        return reason if path in reason else f"{reason} ({path})"
 
 
-def _decode_all(tasks: list[tuple[str, CacheSpec]],
+def _decode_all(tasks: list[tuple[str, CacheSpec, int]],
                 num_workers: int) -> Iterator[np.ndarray | str]:
     """Decode tasks in order, in a process pool (in-process when num_workers <= 1)."""
     if num_workers <= 1 or len(tasks) <= 1:
@@ -497,6 +623,12 @@ def main(argv: list[str] | None = None) -> BuildSummary:
                         help="build only the shards k with k %% N == i")
     parser.add_argument("--source", default="mimic_cxr")
     parser.add_argument("--labeler", default="chexpert")
+    parser.add_argument("--retry-failures", action="store_true",
+                        help="decode the images that failed in an earlier build again")
+    parser.add_argument("--max-failed-fraction", type=float, default=MAX_FAILED_FRACTION,
+                        help="fail the build when more of its images cannot be decoded")
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                        help="refuse images declaring more pixels (before decoding them)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     spec = CacheSpec(image_size=args.size, resize=args.resize, shard_size=args.shard_size,
@@ -505,7 +637,9 @@ def main(argv: list[str] | None = None) -> BuildSummary:
     # whichever cohort the DataModule selects from this source
     manifest, _ = build_mimic_manifest(args.root, args.labeler, args.source, label_policy="mask")
     directory = cache_directory(manifest, Path(args.out), spec)
-    return build_shards(manifest, args.root, directory, spec, args.workers, args.shard)
+    return build_shards(manifest, args.root, directory, spec, args.workers, args.shard,
+                        retry_failures=args.retry_failures,
+                        max_failed_fraction=args.max_failed_fraction, max_pixels=args.max_pixels)
 
 
 if __name__ == "__main__":

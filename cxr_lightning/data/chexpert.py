@@ -40,6 +40,7 @@ from cxr_lightning.data.manifest import (
     finish_manifest,
     random_patient_split,
 )
+from cxr_lightning.data.tables import LABEL_CODE, Column, read_table
 
 CSV_SPLITS: dict[str, str] = {"train.csv": "train", "valid.csv": "test"}
 VAL_FRACTION_OF_TRAIN = 0.1
@@ -94,7 +95,11 @@ def build_chexpert_manifest(
         if not csv.is_file():
             raise FileNotFoundError(f"{csv} not found: a CheXpert folder holds train.csv and "
                                     "valid.csv next to train/ and valid/")
-        frames.append(pd.read_csv(csv).assign(csv_split=group))
+        frames.append(read_table(csv, {
+            "Path": Column("str"), "Frontal/Lateral": Column("str"),
+            "AP/PA": Column("str", blank=True),
+            **{c: LABEL_CODE for c in LABEL_COLUMNS.values()}}, unique=("Path",))
+            .assign(csv_split=group))
     images = pd.concat(frames, ignore_index=True)
     report = CohortReport(images_in_source=len(images))
 

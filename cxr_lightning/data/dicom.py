@@ -91,6 +91,8 @@ usual *Bits Allocated* 8 or 16; big-endian ones are first converted to native or
 from __future__ import annotations
 
 import logging
+import math
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -98,17 +100,33 @@ from typing import Literal
 import cv2
 import numpy as np
 from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_file_meta_info, read_preamble
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 log = logging.getLogger(__name__)
 
 #: Percentiles of the modality-LUT output used as the window when a file has no VOI data.
 PERCENTILE_WINDOW: tuple[float, float] = (0.5, 99.5)
 
-#: Images with fewer pixels are histogrammed by ``cv2.calcHist`` (about 8x faster than
-#: ``np.bincount``), whose float32 counts are exact below 2**24.
+#: Images are histogrammed by ``cv2.calcHist`` (about 8x faster than ``np.bincount``) in
+#: blocks of fewer pixels than this, where its float32 counts are exact.
 _CALCHIST_MAX_PIXELS = 2**24
+
+#: Default largest image accepted, in pixels (a CXR detector is at most about 3000 x 3000 =
+#: 9 Mpx; this is generous): larger declared sizes are refused before decoding.
+MAX_PIXELS = 60_000_000
+#: A deflated dataset may inflate to at most MAX_BYTES_PER_PIXEL per allowed pixel plus this.
+_MAX_BYTES_PER_PIXEL = 4
+_HEADER_ALLOWANCE = 16 * 2**20
+_CHUNK = 2**20
 
 VoiSource = Literal["voi_lut", "window", "percentile"]
 
@@ -144,48 +162,54 @@ class DisplayInfo:
     transfer_syntax: str
 
 
-def read_dicom_display(path: str | Path) -> np.ndarray:
+def read_dicom_display(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read a DICOM file as a float32 (H, W) array in [0, 1], 1 = bright (see module doc)."""
-    return read_dicom_display_with_info(path)[0]
+    return read_dicom_display_with_info(path, max_pixels)[0]
 
 
-def read_dicom_display_with_info(path: str | Path) -> tuple[np.ndarray, DisplayInfo]:
+def read_dicom_display_with_info(
+    path: str | Path, max_pixels: int = MAX_PIXELS
+) -> tuple[np.ndarray, DisplayInfo]:
     """Like :func:`read_dicom_display`, also returning the :class:`DisplayInfo` applied."""
-    return _display_with_info(Path(path), use_table=True)
+    return _display_with_info(Path(path), use_table=True, max_pixels=max_pixels)
 
 
-def read_dicom_uint8(path: str | Path, histogram_equalization: bool = False) -> np.ndarray:
+def read_dicom_uint8(path: str | Path, histogram_equalization: bool = False,
+                     max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read a DICOM file as a uint8 (H, W) array, 255 = bright: ``round(display * 255)``.
 
     MONOCHROME1 images are quantised before the inversion (``255 - q``), which differs from
     rounding the inverted value by one only at exact .5 ties (see module doc). With
     ``histogram_equalization`` the MIMIC-CXR-JPG conversion is applied instead (module doc).
+    A file declaring more than ``max_pixels`` pixels is refused before its pixels are decoded.
     """
-    return _uint8(Path(path), histogram_equalization, use_table=True)
+    return _uint8(Path(path), histogram_equalization, use_table=True, max_pixels=max_pixels)
 
 
-def _display_with_info(path: Path, use_table: bool) -> tuple[np.ndarray, DisplayInfo]:
+def _display_with_info(path: Path, use_table: bool,
+                       max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, DisplayInfo]:
     """:func:`read_dicom_display_with_info`; ``use_table=False`` evaluates every pixel."""
-    levels, index, info = _presentation_values(path, use_table)
+    levels, index, info = _presentation_values(path, use_table, max_pixels)
     if info.photometric == "MONOCHROME1":
         levels = np.float32(1.0) - levels
     return _per_pixel(levels, index), info
 
 
-def _uint8(path: Path, histogram_equalization: bool, use_table: bool) -> np.ndarray:
+def _uint8(path: Path, histogram_equalization: bool, use_table: bool,
+           max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """:func:`read_dicom_uint8`; ``use_table=False`` evaluates every pixel."""
     if histogram_equalization:
-        return _mimic_cxr_jpg_uint8(path, use_table)
-    levels, index, info = _presentation_values(path, use_table)
+        return _mimic_cxr_jpg_uint8(path, use_table, max_pixels)
+    levels, index, info = _presentation_values(path, use_table, max_pixels)
     quantised = np.rint(levels * np.float32(255.0)).astype(np.uint8)
     if info.photometric == "MONOCHROME1":
         quantised = np.uint8(255) - quantised
     return _per_pixel(quantised, index)
 
 
-def _mimic_cxr_jpg_uint8(path: Path, use_table: bool) -> np.ndarray:
+def _mimic_cxr_jpg_uint8(path: Path, use_table: bool, max_pixels: int) -> np.ndarray:
     """MIMIC-CXR-JPG's conversion: min-max to 8 bits (truncated), inversion, equalisation."""
-    _, pixels, photometric = _decode(path)
+    _, pixels, photometric = _decode(path, max_pixels)
     stored, index = _stored_values(pixels, use_table)
     low, high = pixels.min(), pixels.max()
     # Table entries absent from the image are clipped, so that none leaves the uint8 range.
@@ -212,15 +236,32 @@ def _stored_values(pixels: np.ndarray, use_table: bool) -> tuple[np.ndarray, np.
     return every_value, pixels.astype(dtype, copy=False).view(unsigned)
 
 
+def _histogram(index: np.ndarray, bins: int) -> np.ndarray:
+    """int64 counts of each value ``0 .. bins-1`` in the 2-D ``index``, by ``cv2.calcHist``
+    over row blocks of under 2**24 pixels (its float32 counts are exact there): no temporary
+    of the image's size, unlike ``np.bincount``'s int64 copy."""
+    rows_per_block = max(1, (_CALCHIST_MAX_PIXELS - 1) // max(1, index.shape[1]))
+    counts = np.zeros(bins, dtype=np.int64)
+    for top in range(0, index.shape[0], rows_per_block):
+        block = np.ascontiguousarray(index[top:top + rows_per_block])
+        counts += cv2.calcHist([block], [0], None, [bins], [0, bins]).ravel().astype(np.int64)
+    return counts
+
+
 def _per_pixel(values: np.ndarray, index: np.ndarray | None) -> np.ndarray:
     """``values`` per pixel: looked up at ``index`` (see :func:`_stored_values`) if given."""
     return values if index is None else values[index]
 
 
-def _decode(path: Path) -> tuple[Dataset, np.ndarray, str]:
-    """Step 1: the dataset, its decoded stored values (H, W) and its photometric."""
-    ds = _read_dataset(path)
+def _decode(path: Path, max_pixels: int) -> tuple[Dataset, np.ndarray, str]:
+    """Step 1: the dataset, its decoded stored values (H, W) and its photometric.
+
+    The header is checked (single grey frame, at most ``max_pixels`` pixels) before the pixel
+    data are decoded, so a small file declaring a huge image never allocates it.
+    """
+    ds = _read_dataset(path, max_pixels)
     photometric = _check_single_grey_frame(ds, path)
+    _check_size(ds, path, max_pixels)
     try:
         pixels = ds.pixel_array
     except Exception as exc:
@@ -231,15 +272,16 @@ def _decode(path: Path) -> tuple[Dataset, np.ndarray, str]:
 
 
 def _presentation_values(
-    path: Path, use_table: bool
+    path: Path, use_table: bool, max_pixels: int
 ) -> tuple[np.ndarray, np.ndarray | None, DisplayInfo]:
     """Steps 1-3: float32 values in [0, 1] before the MONOCHROME1 flip, and their index.
 
     The values are per pixel (index ``None``), or per stored value with each pixel's index
     into them (see :func:`_stored_values`).
     """
-    ds, pixels, photometric = _decode(path)
+    ds, pixels, photometric = _decode(path, max_pixels)
     stored, index = _stored_values(pixels, use_table)
+    _check_finite(ds, path, ("RescaleSlope", "RescaleIntercept"))
     try:
         modality = apply_modality_lut(stored, ds)
     except Exception as exc:
@@ -257,26 +299,116 @@ def _presentation_values(
     return np.clip(values, 0.0, 1.0).astype(np.float32), index, info
 
 
-def _read_dataset(path: Path) -> Dataset:
-    """``dcmread`` with every failure (missing, not DICOM, truncated) naming the file."""
+def _read_dataset(path: Path, max_pixels: int) -> Dataset:
+    """``dcmread`` with every failure (missing, not DICOM, truncated) naming the file.
+
+    A file without the preamble and file meta header (classic headerless CR files) is read
+    with ``force=True``, its transfer syntax set to the encoding pydicom found (implicit VR
+    little endian for those files). A deflated dataset is inflated once, in bounded memory,
+    to check its size before pydicom inflates it whole.
+    """
     try:
-        return dcmread(path)
+        if _is_deflated(path):
+            _check_inflated_size(path, max_pixels)
+            return dcmread(path)
+        try:
+            return dcmread(path)
+        except InvalidDicomError:
+            return _read_headerless(path)
+    except DicomDecodeError:
+        raise
     except Exception as exc:
         raise DicomDecodeError(f"{path}: cannot read as DICOM: {exc}") from exc
+
+
+def _read_headerless(path: Path) -> Dataset:
+    """A dataset without preamble and file meta, with the transfer syntax it was read in."""
+    ds = dcmread(path, force=True)
+    if "PixelData" not in ds:  # anything at all reads under force=True: demand an image
+        raise DicomDecodeError(f"{path}: cannot read as DICOM: no DICM preamble, and no Pixel "
+                               "Data element when read without one")
+    implicit, little = ds.original_encoding
+    ds.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+    if "TransferSyntaxUID" not in ds.file_meta:
+        ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                          ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    log.debug("%s: headerless DICOM read as %s", path, ds.file_meta.TransferSyntaxUID.name)
+    return ds
+
+
+def _is_deflated(path: Path) -> bool:
+    """Whether the file's meta header declares the Deflated Explicit VR Little Endian syntax."""
+    try:
+        meta = read_file_meta_info(path)
+    except Exception:  # headerless or not DICOM: dcmread explains
+        return False
+    return meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+
+
+def _check_inflated_size(path: Path, max_pixels: int) -> None:
+    """Refuse a deflated dataset that inflates beyond what ``max_pixels`` pixels can need."""
+    limit = max_pixels * _MAX_BYTES_PER_PIXEL + _HEADER_ALLOWANCE
+    with path.open("rb") as handle:
+        read_preamble(handle, False)
+        _read_file_meta_info(handle)
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        total = 0
+        while data := handle.read(_CHUNK):
+            while data:
+                total += len(inflater.decompress(data, _CHUNK))
+                if total > limit:
+                    raise DicomDecodeError(
+                        f"{path}: the deflated dataset inflates beyond {limit} bytes, more "
+                        f"than an image of max_pixels={max_pixels} pixels needs; refused")
+                data = inflater.unconsumed_tail
+
+
+def _header_number(ds: Dataset, keyword: str, default: int, path: Path) -> int:
+    """An integer header value (``default`` when absent or empty), or DicomDecodeError."""
+    value = ds.get(keyword)
+    try:
+        return int(value) if value not in (None, "") else default
+    except (TypeError, ValueError) as exc:
+        raise DicomDecodeError(f"{path}: {keyword} = {value!r} is not an integer") from exc
+
+
+def _check_size(ds: Dataset, path: Path, max_pixels: int) -> None:
+    """Refuse an image declaring no size or more than ``max_pixels`` pixels."""
+    rows, columns = (_header_number(ds, k, 0, path) for k in ("Rows", "Columns"))
+    if rows < 1 or columns < 1:
+        raise DicomDecodeError(f"{path}: Rows x Columns = {rows} x {columns}: no image")
+    if rows * columns > max_pixels:
+        raise DicomDecodeError(
+            f"{path}: {rows} x {columns} = {rows * columns} pixels exceeds max_pixels="
+            f"{max_pixels}; refused before decoding (raise max_pixels if this is a real image)")
+
+
+def _check_finite(ds: Dataset, path: Path, keywords: tuple[str, ...]) -> None:
+    """Refuse non-finite values (NaN, inf) of numeric header elements (first value each)."""
+    for keyword in keywords:
+        if ds.get(keyword) in (None, ""):
+            continue
+        try:
+            value = _first_value(ds, keyword)
+        except (TypeError, ValueError) as exc:
+            raise DicomDecodeError(f"{path}: {keyword} is not a number: {exc}") from exc
+        if not math.isfinite(value):
+            raise DicomDecodeError(f"{path}: {keyword} = {value} is not finite; the image "
+                                   "cannot be displayed faithfully")
 
 
 def _check_single_grey_frame(ds: Dataset, path: Path) -> str:
     """Reject files without pixel data, colour, palette or multi-frame; return photometric."""
     if "PixelData" not in ds:
         raise DicomDecodeError(f"{path}: no Pixel Data (7FE0,0010) element")
-    samples = int(ds.get("SamplesPerPixel") or 1)
+    samples = _header_number(ds, "SamplesPerPixel", 1, path)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if samples != 1 or photometric not in _MONOCHROME:
         raise DicomDecodeError(
             f"{path}: colour or palette image not supported (SamplesPerPixel={samples}, "
             f"PhotometricInterpretation={photometric or 'missing'})"
         )
-    frames = int(ds.get("NumberOfFrames") or 1)
+    frames = _header_number(ds, "NumberOfFrames", 1, path)
     if frames != 1:
         raise DicomDecodeError(f"{path}: multi-frame image ({frames} frames) not supported")
     return photometric
@@ -305,6 +437,7 @@ def _apply_voi(
             log.warning("%s: unusable VOI LUT Sequence (%s); trying the window", path, exc)
 
     if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        _check_finite(ds, path, ("WindowCenter", "WindowWidth"))
         function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
         try:
             window = (_first_value(ds, "WindowCenter"), _first_value(ds, "WindowWidth"))
@@ -376,11 +509,7 @@ def _percentiles(
     """
     if index is None:
         return [float(v) for v in np.percentile(values, q)]
-    if index.size < _CALCHIST_MAX_PIXELS:
-        counts = cv2.calcHist([index], [0], None, [values.size], [0, values.size])
-        counts = counts.ravel().astype(np.int64)
-    else:
-        counts = np.bincount(index.ravel(), minlength=values.size)
+    counts = _histogram(index, values.size)
     present = values[counts > 0]
     order = np.argsort(present, kind="stable")
     ordered = present[order]

@@ -28,8 +28,9 @@ With ``histogram_equalization`` a raster image is equalised by ``cv2.equalizeHis
 conversion to grey, so every source in a cache built with it has the same kind of
 histogram; on MIMIC-CXR-JPG files, already equalised, this is nearly the identity.
 
-Every failure — missing, unreadable, truncated, colour, smaller than 2×2, unknown suffix —
-raises :class:`ImageDecodeError` (:class:`DicomDecodeError` is a subclass) naming the file.
+Every failure — missing, unreadable, truncated, colour, smaller than 2×2, larger than
+``max_pixels`` (checked from the header, before decoding), unknown suffix — raises
+:class:`ImageDecodeError` (:class:`DicomDecodeError` is a subclass) naming the file.
 """
 
 from __future__ import annotations
@@ -41,9 +42,15 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from cxr_lightning.data.dicom import DicomDecodeError, ImageDecodeError, read_dicom_uint8
+from cxr_lightning.data.dicom import (
+    MAX_PIXELS,
+    DicomDecodeError,
+    ImageDecodeError,
+    read_dicom_uint8,
+)
 
 __all__ = [
+    "MAX_PIXELS",
     "MIN_SIDE",
     "SUPPORTED_SUFFIXES",
     "DicomDecodeError",
@@ -63,14 +70,16 @@ _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 _COLOUR_MODES = frozenset({"RGB", "RGBA"})
 
 
-def read_image_uint8(path: str | Path, histogram_equalization: bool = False) -> np.ndarray:
+def read_image_uint8(path: str | Path, histogram_equalization: bool = False,
+                     max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read a DICOM, PNG or JPEG file as a uint8 (H, W) grey array (see module doc)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".dcm":
-        grey = read_dicom_uint8(path, histogram_equalization=histogram_equalization)
+        grey = read_dicom_uint8(path, histogram_equalization=histogram_equalization,
+                                max_pixels=max_pixels)
     elif suffix in _RASTER_SUFFIXES:
-        grey = _read_raster(path)
+        grey = _read_raster(path, max_pixels)
         if histogram_equalization:
             grey = cv2.equalizeHist(grey)
     else:
@@ -86,10 +95,16 @@ def read_image_uint8(path: str | Path, histogram_equalization: bool = False) -> 
     return grey
 
 
-def _read_raster(path: Path) -> np.ndarray:
+def _read_raster(path: Path, max_pixels: int) -> np.ndarray:
     """Decode a PNG/JPEG fully with Pillow; every decoder failure names the file."""
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    f"{path}: {height} x {width} = {width * height} pixels exceeds max_pixels="
+                    f"{max_pixels}; refused before decoding (raise max_pixels if this is a "
+                    "real image)")
             image.load()
             mode = image.mode
             if mode == "1":
@@ -97,6 +112,8 @@ def _read_raster(path: Path) -> np.ndarray:
             elif mode in ("P", "PA"):
                 image, mode = image.convert("RGBA"), "RGBA"
             pixels = np.asarray(image)
+    except ImageDecodeError:
+        raise
     except Exception as exc:  # missing, not an image, truncated, corrupt: many types
         raise ImageDecodeError(f"{path}: cannot decode image: {exc}") from exc
     log.debug("%s: Pillow mode %s, shape %s", path, mode, pixels.shape)

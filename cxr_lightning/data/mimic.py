@@ -27,6 +27,7 @@ from cxr_lightning.data.manifest import (
     finish_manifest,
     random_patient_split,
 )
+from cxr_lightning.data.tables import ID, LABEL_CODE, Column, read_table
 
 log = logging.getLogger(__name__)
 
@@ -156,9 +157,12 @@ def build_mimic_manifest(
     root = Path(root)
     needed = (options.labeler, "metadata", *(["split"] if options.split == "official" else []))
     layout = resolve_layout(root, labels_root, needed)
-    labels = pd.read_csv(layout.table(options.labeler))
-    metadata = pd.read_csv(layout.table("metadata"),
-                           usecols=["dicom_id", "subject_id", "study_id", "ViewPosition"])
+    labels = read_table(layout.table(options.labeler), {
+        "subject_id": ID, "study_id": ID, **{c: LABEL_CODE for c in LABEL_COLUMNS.values()}},
+        unique=("subject_id", "study_id"))
+    metadata = read_table(layout.table("metadata"), {
+        "dicom_id": Column("str"), "subject_id": ID, "study_id": ID,
+        "ViewPosition": Column("str", blank=True)}, unique=("dicom_id",))
     report = CohortReport(images_in_source=len(metadata), options=options.to_dict())
 
     labels = labels[["subject_id", "study_id", *LABEL_COLUMNS.values()]].rename(
@@ -203,7 +207,8 @@ def build_mimic_manifest(
 def _image_paths(layout: MimicLayout, images: pd.DataFrame, suffix: str) -> pd.Series:
     """Each image's path relative to ``layout.images`` (NaN where the record list lacks it)."""
     if layout.record_list is not None and suffix == ".dcm":
-        records = pd.read_csv(layout.record_list, usecols=["dicom_id", "path"])
+        records = read_table(layout.record_list, {"dicom_id": Column("str"),
+                                                  "path": Column("str")}, unique=("dicom_id",))
         return images["dicom_id"].map(records.set_index("dicom_id")["path"])
     return pd.Series([image_path(s, t, d, suffix) for s, t, d in zip(
         images["subject_id"], images["study_id"], images["dicom_id"], strict=True)],
@@ -217,5 +222,7 @@ def _split(layout: MimicLayout, images: pd.DataFrame, metadata: pd.DataFrame,
         subjects = metadata["subject_id"]
         of_subject = random_patient_split(subjects, options.split_seed).groupby(subjects).first()
         return images["subject_id"].map(of_subject)
-    official = pd.read_csv(layout.table("split"), usecols=["dicom_id", "split"])
+    official = read_table(layout.table("split"), {
+        "dicom_id": Column("str"), "split": Column("str", frozenset(SPLIT_NAMES))},
+        unique=("dicom_id",))
     return images["dicom_id"].map(official.set_index("dicom_id")["split"].map(SPLIT_NAMES))

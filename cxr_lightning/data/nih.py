@@ -37,6 +37,7 @@ from cxr_lightning.data.manifest import (
     finish_manifest,
     random_patient_split,
 )
+from cxr_lightning.data.tables import ID, Column, read_table
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,10 @@ def build_nih_manifest(
     if split not in SPLIT_METHODS:
         raise ValueError(f"data.split={split!r}: expected one of {SPLIT_METHODS}")
     root = Path(root)
-    images = pd.read_csv(nih_label_csv(root), usecols=[
-        "Image Index", "Finding Labels", "Follow-up #", "Patient ID", "View Position"])
+    images = read_table(nih_label_csv(root), {
+        "Image Index": Column("str"), "Finding Labels": Column("str", blank=True),
+        "Follow-up #": ID, "Patient ID": ID, "View Position": Column("str", blank=True)},
+        unique=("Image Index",))
     report = CohortReport(images_in_source=len(images))
     if (images["Follow-up #"] >= STUDIES_PER_PATIENT).any():
         raise ValueError(f"{root}: a Follow-up # of {STUDIES_PER_PATIENT} or more breaks the "

@@ -43,6 +43,7 @@ from cxr_lightning.evaluation.metrics import (
     N_CALIBRATION_BINS,
     THRESHOLD,
     known_labels,
+    mean_auroc,
     point_metrics,
     probability_column,
 )
@@ -119,8 +120,7 @@ def stage_metrics(table: pd.DataFrame, stage: str,
                                               bootstrap, level, n_bins, undefined)
         metrics.update(values)
         auroc_replicates.append(replicates)
-    metrics[f"{stage}/auroc/mean"] = float(np.mean([metrics[f"{stage}/auroc/{f}"]
-                                                    for f in FINDINGS]))
+    metrics[f"{stage}/auroc/mean"] = mean_auroc(metrics, stage)
     if all(r is not None for r in auroc_replicates):
         _add_interval(metrics, f"{stage}/auroc/mean", np.mean(auroc_replicates, axis=0), level,
                       undefined)

@@ -10,6 +10,7 @@ Conventions shared by the whole evaluation package:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import numpy as np
@@ -23,7 +24,9 @@ from torchmetrics.functional.classification import (
     binary_confusion_matrix,
 )
 
-from cxr_lightning.findings import FINDINGS
+from cxr_lightning.findings import FINDINGS, mean_of_defined
+
+log = logging.getLogger(__name__)
 
 THRESHOLD = 0.5
 DEFAULT_OPERATING_POINT = "0.5"
@@ -112,6 +115,17 @@ def point_metrics(target: np.ndarray, probability: np.ndarray,
     return metrics
 
 
+def mean_auroc(metrics: Mapping[str, object], stage: str) -> float:
+    """``{stage}/auroc/mean``: the mean of the findings' defined ``{stage}/auroc/{finding}``
+    (NaN when none is), with one warning naming the undefined ones."""
+    mean, undefined = mean_of_defined({f: metrics[f"{stage}/auroc/{f}"] for f in FINDINGS})
+    if undefined:
+        log.warning("%s/auroc is undefined for %s (one class in the %s labels); %s/auroc/mean "
+                    "is the mean over the other findings (NaN when none is left)",
+                    stage, ", ".join(undefined), stage, stage)
+    return mean
+
+
 def finding_metrics(predictions: pd.DataFrame, stage: str = "test") -> dict[str, float | list]:
     """Accuracy at 0.5, AUROC and the confusion matrix per finding, keyed ``{stage}/{metric}/{f}``.
 
@@ -126,6 +140,5 @@ def finding_metrics(predictions: pd.DataFrame, stage: str = "test") -> dict[str,
         values = point_metrics(*known_labels(predictions, finding))
         for name in ("n", "acc", "auroc", "confusion"):
             metrics[f"{stage}/{name}/{finding}"] = values[name]
-    metrics[f"{stage}/auroc/mean"] = float(np.mean([metrics[f"{stage}/auroc/{f}"]
-                                                    for f in FINDINGS]))
+    metrics[f"{stage}/auroc/mean"] = mean_auroc(metrics, stage)
     return metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import TypeVar
@@ -25,7 +26,8 @@ def parse_arguments(schema: type[Arguments], argv: Sequence[str], usage: str) ->
                          "glob patterns so that the shell does not expand them: "
                          "inputs='scans/**/*.dcm')")
     try:
-        config = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(list(argv)))
+        config = OmegaConf.merge(OmegaConf.structured(schema),
+                                 OmegaConf.from_dotlist([_literal_path(arg) for arg in argv]))
         missing = sorted(OmegaConf.missing_keys(config))
         if missing:
             raise SystemExit(f"{usage}\nerror: missing required argument(s): "
@@ -33,3 +35,12 @@ def parse_arguments(schema: type[Arguments], argv: Sequence[str], usage: str) ->
         return OmegaConf.to_object(config)
     except OmegaConfBaseException as error:
         raise SystemExit(f"{usage}\nerror: {error}") from error
+
+
+def _literal_path(arg: str) -> str:
+    """``key=value`` with ``value`` YAML-quoted when it names an existing path, so that ``#``
+    (a YAML comment), ``[...]`` (a YAML list) or ``: `` in a file name are kept as given."""
+    key, value = arg.split("=", 1)
+    if not os.path.lexists(value):
+        return arg
+    return f"{key}='{value.replace(chr(39), chr(39) * 2)}'"

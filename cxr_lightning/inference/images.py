@@ -7,8 +7,8 @@ would hold; :func:`~cxr_lightning.data.transforms.normalise_batch` on the device
 the float batch training fed the network. Nothing is re-specified here.
 
 A file that cannot be decoded (missing, corrupt, no pixel data, colour, smaller than 2x2,
-unsupported type) becomes an item with its reason, never an exception, so a batch always
-completes.
+larger than the pixel limit, unsupported type, out of memory, any other exception) becomes an
+item with its reason, never an exception, so a batch always completes.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class InputImages(Dataset):
         path = self.paths[index]
         try:
             original, square = prepare_image(path, self.spec)
-        except (OSError, ValueError) as error:  # ImageDecodeError is a ValueError
+        except Exception as error:  # any failure (decode, memory) is this file's error row
             log.warning("Skipping %s: %s", path, error)
             return PreparedImage(index, path, None, None, None,
                                  f"{type(error).__name__}: {error}")

@@ -1,7 +1,10 @@
 """What to predict on: files, folders (recursive), glob patterns and manifest CSVs -> paths.
 
-* a folder: every file under it (recursively) whose suffix is a supported image type
+* an existing path is taken literally, before any pattern reading (``[a].dcm`` is that file);
+* a folder: every file under it (recursively, not following directory symlinks, so a link
+  loop cannot repeat files) whose suffix is a supported image type
   (:data:`~cxr_lightning.data.images.SUPPORTED_SUFFIXES`, case-insensitive), sorted;
+  a broken symlink among them is kept (it becomes a failed row);
 * a glob pattern (``*``, ``?`` or ``[`` in it; ``**`` recurses): its matches, sorted;
 * a ``.csv`` file: a manifest whose ``path`` column lists the images, relative paths taken
   from the CSV's folder, in the CSV's order;
@@ -9,19 +12,20 @@
   so that prediction reports it as a failed row instead of dropping it.
 
 A folder without images, a pattern that matches nothing and a manifest without a ``path``
-column are errors (a typo, not a bad image).
+column are errors (a typo, not a bad image). Paths naming the same file (after resolving
+symlinks and ``..``) are predicted once, under the first name given.
 """
 
 from __future__ import annotations
 
 import glob
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
-
 from cxr_lightning.data.images import SUPPORTED_SUFFIXES
+from cxr_lightning.data.tables import Column, read_table
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +39,7 @@ def collect_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     if not items:
         raise ValueError("inputs is empty: give files, folders, glob patterns or a manifest CSV")
     paths = [path for item in items for path in _expand(str(item))]
-    unique = list(dict.fromkeys(paths))
+    unique = list(_first_name_of_each_file(paths))
     if len(unique) < len(paths):
         log.info("%d input paths were named more than once; each is predicted once",
                  len(paths) - len(unique))
@@ -43,12 +47,15 @@ def collect_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 def _expand(item: str) -> list[Path]:
-    if _GLOB_CHARACTERS & set(item):
-        matches = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+    path = Path(item).expanduser()
+    if _GLOB_CHARACTERS & set(item) and not os.path.lexists(path):
+        found = [Path(p) for p in glob.glob(item, recursive=True)
+                 if Path(p).is_file() or Path(p).is_symlink()]
+        # the shortest name of each file: ``**`` follows directory links, loops included
+        matches = sorted(_first_name_of_each_file(sorted(found, key=lambda p: len(p.parts))))
         if not matches:
             raise ValueError(f"inputs={item!r}: the pattern matches no file")
         return matches
-    path = Path(item).expanduser()
     if path.is_dir():
         return _images_under(path)
     if path.suffix.lower() == ".csv" and path.is_file():
@@ -56,9 +63,17 @@ def _expand(item: str) -> list[Path]:
     return [path]
 
 
+def _first_name_of_each_file(paths: list[Path]) -> list[Path]:
+    """``paths`` without those naming a file named before (symlinks and ``..`` resolved)."""
+    first: dict[Path, Path] = {}
+    for path in paths:
+        first.setdefault(path.resolve(), path)
+    return list(first.values())
+
+
 def _images_under(folder: Path) -> list[Path]:
-    images = sorted(p for p in folder.rglob("*")
-                    if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+    images = sorted(Path(parent, name) for parent, _, names in os.walk(folder)
+                    for name in names if Path(name).suffix.lower() in SUPPORTED_SUFFIXES)
     if not images:
         raise ValueError(f"inputs={str(folder)!r}: the folder holds no "
                          f"{'/'.join(SUPPORTED_SUFFIXES)} file")
@@ -66,12 +81,5 @@ def _images_under(folder: Path) -> list[Path]:
 
 
 def _manifest_paths(manifest: Path) -> list[Path]:
-    table = pd.read_csv(manifest, dtype={MANIFEST_PATH_COLUMN: str})
-    if MANIFEST_PATH_COLUMN not in table.columns:
-        raise ValueError(f"manifest {manifest} has no {MANIFEST_PATH_COLUMN!r} column "
-                         f"(columns: {list(table.columns)})")
-    listed = table[MANIFEST_PATH_COLUMN]
-    if listed.isna().any():
-        raise ValueError(f"manifest {manifest}: {int(listed.isna().sum())} rows have an empty "
-                         f"{MANIFEST_PATH_COLUMN!r}")
+    listed = read_table(manifest, {MANIFEST_PATH_COLUMN: Column("str")})[MANIFEST_PATH_COLUMN]
     return [Path(p) if Path(p).is_absolute() else manifest.parent / p for p in listed]

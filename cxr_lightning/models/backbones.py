@@ -6,6 +6,7 @@ Registry: torchvision ResNet-18/34/50/101/152 and DenseNet-121; any timm model a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -89,7 +90,7 @@ def build_backbone(
     if in_channels == 1:
         _collapse_stem_conv(trunk, arch.stem_conv)
     if _is_imagenet(weights):
-        state = _imagenet_state_dict(name, arch.weights.DEFAULT)
+        state = _imagenet_state_dict(name, imagenet_url(name))
         trunk.load_state_dict(_fit_stem(_rename_legacy_keys(state), trunk, arch.stem_conv))
     elif not is_random_init(weights):
         _load_local_weights(trunk, Path(weights).expanduser(), arch.head, arch.stem_conv)
@@ -273,21 +274,45 @@ def _rename_legacy_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
     return renamed
 
 
-def _imagenet_state_dict(name: str, weights: WeightsEnum) -> dict[str, torch.Tensor]:
-    """Fetch ``weights`` through torchvision (download or cache); explain how to fix a failure."""
+def imagenet_url(name: str) -> str:
+    """The download URL of torchvision's DEFAULT ImageNet weights of backbone ``name``."""
+    return _ARCHS[name].weights.DEFAULT.url
+
+
+def _imagenet_state_dict(name: str, url: str) -> dict[str, torch.Tensor]:
+    """The ImageNet state dict at ``url``, from the hub cache (downloaded there if missing).
+
+    The cached file is checked against the SHA-256 prefix in its name (torchvision's
+    ``name-<hash prefix>.pth`` convention) and loaded with ``weights_only=True``, so a file
+    placed in the cache by hand is never unpickled unchecked. A download failure explains how
+    to fix it; a hash mismatch is a :class:`ValueError` naming the file.
+    """
     checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
-    file_name = os.path.basename(weights.url)
-    log.info("Loading %s ImageNet weights %s from %s", name, weights, checkpoints / file_name)
-    try:
-        return weights.get_state_dict(progress=False, check_hash=True)
-    except Exception as err:  # network, DNS, proxy, hash: all mean "no usable file"
-        raise RuntimeError(
-            f"Could not obtain the ImageNet weights for {name} ({weights}): {err!r}. "
-            f"Without network access, download {weights.url} elsewhere and place it, named "
-            f"exactly {file_name!r}, in the directory {str(checkpoints)!r} "
-            f"(torch.hub.get_dir()/checkpoints, set by $TORCH_HOME). Alternatively set "
-            f"model.weights=none (random init) or model.weights=/path/to/state_dict.pth."
-        ) from err
+    file_name = os.path.basename(url)
+    cached = checkpoints / file_name
+    match = torch.hub.HASH_REGEX.search(file_name)
+    hash_prefix = match.group(1) if match else None
+    log.info("Loading %s ImageNet weights from %s", name, cached)
+    if not cached.is_file():
+        try:
+            checkpoints.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(cached), hash_prefix, progress=False)
+        except Exception as err:  # network, DNS, proxy, hash: all mean "no usable file"
+            raise RuntimeError(
+                f"Could not obtain the ImageNet weights for {name} ({url}): {err!r}. "
+                f"Without network access, download {url} elsewhere and place it, named "
+                f"exactly {file_name!r}, in the directory {str(checkpoints)!r} "
+                f"(torch.hub.get_dir()/checkpoints, set by $TORCH_HOME). Alternatively set "
+                f"model.weights=none (random init) or model.weights=/path/to/state_dict.pth."
+            ) from err
+    if hash_prefix:
+        digest = hashlib.sha256(cached.read_bytes()).hexdigest()
+        if not digest.startswith(hash_prefix):
+            raise ValueError(
+                f"{cached}: SHA-256 {digest[:16]}... does not start with {hash_prefix!r}, the "
+                f"hash prefix in its name: it is not the file published at {url}. Delete it "
+                "and download that file again (or set model.weights=none)")
+    return torch.load(cached, map_location="cpu", weights_only=True)
 
 
 def _load_local_weights(

@@ -7,8 +7,10 @@ import logging
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torchmetrics.aggregation import SumMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
+from cxr_lightning.findings import mean_of_defined
 from cxr_lightning.inference.metadata import CHECKPOINT_METADATA_KEY, checkpoint_metadata
 from cxr_lightning.models.backbones import build_backbone, unfreezable_blocks
 from cxr_lightning.models.formulations import Formulation
@@ -41,6 +43,9 @@ class CXRClassifier(pl.LightningModule):
         self.head = nn.Linear(num_features, formulation.num_outputs)
         self.val_auroc = nn.ModuleDict({f: BinaryAUROC() for f in formulation.findings})
         self.val_acc = nn.ModuleDict({f: BinaryAccuracy() for f in formulation.findings})
+        self.val_positives = nn.ModuleDict({f: SumMetric() for f in formulation.findings})
+        self.val_labelled = nn.ModuleDict({f: SumMetric() for f in formulation.findings})
+        self._warned_undefined: set[str] = set()
 
     def unfreezable_blocks(self) -> list[tuple[str, nn.Module]]:
         """The backbone's blocks, top-down, for :class:`ProgressiveUnfreezing`."""
@@ -67,17 +72,29 @@ class CXRClassifier(pl.LightningModule):
             target = labels[known, column].long()
             self.val_auroc[finding].update(probabilities[known, column], target)
             self.val_acc[finding].update(probabilities[known, column], target)
+            self.val_positives[finding].update(target.sum())
+            self.val_labelled[finding].update(known.sum())
 
     def on_validation_epoch_end(self) -> None:
-        aurocs = []
+        """Log each finding's AUROC (NaN when the validation split holds one class of it) and
+        ``val/auroc/mean``, the mean of the defined ones, warning once per undefined finding."""
+        aurocs = {}
         for finding in self.formulation.findings:
-            auroc = self.val_auroc[finding].compute()
-            aurocs.append(auroc)
-            self.log(f"val/auroc/{finding}", auroc)
+            positives = int(self.val_positives[finding].compute())
+            labelled = int(self.val_labelled[finding].compute())
+            aurocs[finding] = (float(self.val_auroc[finding].compute())
+                               if 0 < positives < labelled else float("nan"))
+            self.log(f"val/auroc/{finding}", aurocs[finding])
             self.log(f"val/acc/{finding}", self.val_acc[finding].compute())
-            self.val_auroc[finding].reset()
-            self.val_acc[finding].reset()
-        self.log("val/auroc/mean", torch.stack(aurocs).mean(), prog_bar=True)
+            for metric in (self.val_auroc, self.val_acc, self.val_positives, self.val_labelled):
+                metric[finding].reset()
+        mean, undefined = mean_of_defined(aurocs)
+        for finding in sorted(set(undefined) - self._warned_undefined):
+            log.warning("val/auroc/%s is undefined (the validation split holds one class of "
+                        "%s); val/auroc/mean is the mean of the other findings' AUROCs (NaN "
+                        "when none is defined)", finding, finding)
+            self._warned_undefined.add(finding)
+        self.log("val/auroc/mean", mean, prog_bar=True)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Per-finding probabilities (N, len(formulation.findings))."""
