@@ -6,7 +6,7 @@ import json
 import logging
 import platform
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import version
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -87,13 +87,14 @@ def reproducibility(cfg: DictConfig) -> dict[str, Any]:
     """What a rerun needs to match: ``seed``, ``trainer.deterministic`` (``None`` when unset:
     Lightning leaves torch's setting alone), the libraries' versions, cuDNN's (``None`` without
     CUDA) and torch's CPU thread count (CPU reductions can split work by thread)."""
-    versions = {name: version(name.replace("_", "-")) for name in REPRODUCIBILITY_PACKAGES}
+    versions = {name: import_module(name).__version__ for name in REPRODUCIBILITY_PACKAGES}
+    cudnn = torch.backends.cudnn.version() if torch.cuda.is_available() else None
     return {
         "seed": int(cfg.seed),
         "deterministic": OmegaConf.select(cfg, "trainer.deterministic", default=None),
         "versions": {"python": platform.python_version(), **versions,
                      "cuda": torch.version.cuda,
-                     "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None},
+                     "cudnn": cudnn},
         "torch_threads": torch.get_num_threads(),
     }
 

@@ -22,8 +22,8 @@ from cxr_lightning.data.cache import CacheSpec, ImageCache, build_image_cache, o
 from cxr_lightning.data.cohort import cohort_summary
 from cxr_lightning.data.manifest import CohortReport
 from cxr_lightning.data.sample import generate_sample, is_complete_sample
-from cxr_lightning.data.sources import build_manifest
 from cxr_lightning.data.sampling import EpochSampler, ResumableDataLoader
+from cxr_lightning.data.sources import build_manifest
 from cxr_lightning.data.transforms import augment, normalise_batch, training_augmentation
 from cxr_lightning.findings import FINDINGS
 
