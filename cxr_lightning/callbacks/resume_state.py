@@ -73,6 +73,8 @@ class ResumeState(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restore = state_dict
+        # a checkpoint saved before this process trains a batch keeps the loaded modes
+        self._training_modules = list(state_dict["training_modules"])
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._restore is None:
