@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import platform
 from dataclasses import asdict, dataclass, field
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,26 @@ def evaluation_settings(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+REPRODUCIBILITY_PACKAGES: tuple[str, ...] = (
+    "torch", "torchvision", "pytorch_lightning", "albumentations", "numpy")
+
+
+def reproducibility(cfg: DictConfig) -> dict[str, Any]:
+    """What a rerun needs to match: ``seed``, ``trainer.deterministic`` (``None`` when unset:
+    Lightning leaves torch's setting alone), the libraries' versions, cuDNN's (``None`` without
+    CUDA) and torch's CPU thread count (CPU reductions can split work by thread)."""
+    versions = {name: import_module(name).__version__ for name in REPRODUCIBILITY_PACKAGES}
+    cudnn = torch.backends.cudnn.version() if torch.cuda.is_available() else None
+    return {
+        "seed": int(cfg.seed),
+        "deterministic": OmegaConf.select(cfg, "trainer.deterministic", default=None),
+        "versions": {"python": platform.python_version(), **versions,
+                     "cuda": torch.version.cuda,
+                     "cudnn": cudnn},
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
 def job_results(cfg: DictConfig, formulation: str, members: list[MemberResult],
                 predictions: pd.DataFrame, val_predictions: pd.DataFrame,
                 cohort: CohortReport) -> dict[str, Any]:
@@ -91,8 +113,8 @@ def job_results(cfg: DictConfig, formulation: str, members: list[MemberResult],
     :func:`~cxr_lightning.evaluation.evaluate.evaluate_predictions`, CIs included), the
     operating ``thresholds`` chosen on validation (finding -> {"0.5": 0.5, "youden": t,
     "sens90": t}, applied as ``probability > t``), the ``evaluation`` settings, training
-    statistics, cohort, members, config, and the per-image test (``predictions``) and
-    validation (``val_predictions``) probabilities."""
+    statistics, what a rerun must match (``reproducibility``), cohort, members, config, and the
+    per-image test (``predictions``) and validation (``val_predictions``) probabilities."""
     settings = evaluation_settings(cfg)
     thresholds = operating_thresholds(val_predictions, settings["target_sensitivity"])
     metrics = evaluate_predictions(predictions, val_predictions, thresholds=thresholds,
@@ -106,6 +128,7 @@ def job_results(cfg: DictConfig, formulation: str, members: list[MemberResult],
         "metrics": metrics,
         "thresholds": thresholds,
         "evaluation": settings,
+        "reproducibility": reproducibility(cfg),
         "members": [{k: v for k, v in asdict(m).items() if k != "probabilities"}
                     for m in members],
         "cohort": asdict(cohort),

@@ -20,8 +20,9 @@ import wandb
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+from pytorch_lightning.loggers import Logger, WandbLogger
 
+from cxr_lightning.csv_log import ResumableCSVLogger
 from cxr_lightning.evaluation.curves import roc_curve
 from cxr_lightning.findings import FINDINGS
 
@@ -36,7 +37,7 @@ def member_loggers(cfg: DictConfig, output_dir: Path, member: str, prefix: str) 
     """
     loggers: list[Logger] = []
     if cfg.logger.csv:
-        loggers.append(CSVLogger(save_dir=str(output_dir), name="csv", version=member))
+        loggers.append(ResumableCSVLogger(save_dir=str(output_dir), name="csv", version=member))
     wandb_cfg = cfg.logger.wandb
     if wandb_cfg.enabled:
         disable_wandb_telemetry()

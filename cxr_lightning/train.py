@@ -39,6 +39,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from cxr_lightning import resolvers  # noqa: F401  (registers ${unique:}, ${auto_precision:})
+from cxr_lightning.callbacks.resume_state import ResumeState
 from cxr_lightning.callbacks.stage_best import StageBest
 from cxr_lightning.callbacks.timing import EpochTimer
 from cxr_lightning.data.cohort import cohort_summary
@@ -75,12 +76,16 @@ def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
     which only train.
     """
     name = plan.member_name(member)
+    # Each model starts from its own seed, whatever ran before it in this process (a resumed
+    # binary job skips the first model's training).
+    pl.seed_everything(cfg.seed + plan.members.index(member), workers=True)
     member.fit_to_training_labels(datamodule.train_labels())
     model = CXRClassifier(member, **cfg.model)
     timer = EpochTimer()
     checkpoint_dir = output_dir / "checkpoints" / name
     unfreezing = instantiate(cfg.unfreeze)
-    callbacks = [unfreezing, timer, *(instantiate(c) for c in cfg.callbacks.values())]
+    callbacks = [unfreezing, timer, ResumeState(),
+                 *(instantiate(c) for c in cfg.callbacks.values())]
     checkpoint = next(c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint))
     checkpoint.dirpath = str(checkpoint_dir)
     stages = StageBest(unfreezing, monitor=checkpoint.monitor, mode=checkpoint.mode,
@@ -95,6 +100,7 @@ def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
     if resume_from:
         log.info("Resuming %s from %s", name, resume_from)
     log.info("Training %s (%s, findings %s)", name, cfg.model.backbone, member.findings)
+    # Resumed: the calibrated statistics are BatchNorm buffers, restored from the checkpoint.
     if is_random_init(cfg.model.weights) and resume_from is None:
         calibration = islice(datamodule.train_dataloader(), BN_CALIBRATION_BATCHES)
         model.backbone.to(trainer.strategy.root_device)

@@ -22,21 +22,26 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_IMAGES = Path("physionet.org", "files", "mimic-cxr", "2.0.0")
 
 
-@pytest.fixture(scope="module")
-def multirun(tmp_path_factory):
-    """Run `python -m cxr_lightning.train -m formulation=...` once; return its sweep dir."""
-    home = tmp_path_factory.mktemp("e2e")
-    command = [
-        sys.executable, "-m", "cxr_lightning.train", "-m",
-        "formulation=binary,multilabel,multiclass",
-        f"paths.root_dir={home}", "data.sample.n_subjects=40", "data.image_size=32",
-        "trainer.max_epochs=2", "unfreeze.interval=1", "unfreeze.max_blocks=1",
-        "stage_metrics=true",
-    ]
+MULTIRUN = ["-m", "formulation=binary,multilabel,multiclass", "data.sample.n_subjects=40",
+            "data.image_size=32", "trainer.max_epochs=2", "unfreeze.interval=1",
+            "unfreeze.max_blocks=1", "stage_metrics=true"]
+
+
+def _multirun(home: Path, *arguments: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "cxr_lightning.train", *MULTIRUN, f"paths.root_dir={home}",
+               *arguments]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MIMIC_CXR"))}
     done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def multirun(tmp_path_factory):
+    """Run `python -m cxr_lightning.train -m formulation=...` once; return its sweep dir."""
+    home = tmp_path_factory.mktemp("e2e")
+    done = _multirun(home)
     sweeps = list((home / "outputs" / "multiruns").iterdir())
     assert len(sweeps) == 1
     return {"sweep": sweeps[0], "home": home, "log": done.stdout + done.stderr}
@@ -110,6 +115,21 @@ def test_multirun_ends_with_a_comparison_table(multirun):
     table = pd.read_csv(multirun["sweep"] / "comparison.csv")
     assert sorted(table["formulation"]) == ["binary", "multiclass", "multilabel"]
     assert "Comparison of 3 jobs" in multirun["log"]
+
+
+def test_the_same_multirun_again_gives_the_same_comparison_table(multirun):
+    """Same command, same numbers: every metric of every job, bit for bit (timings aside)."""
+    rerun = multirun["home"] / "rerun"
+    _multirun(multirun["home"], f"hydra.sweep.dir={rerun}")
+    first, second = (pd.read_csv(sweep / "comparison.csv") for sweep in (multirun["sweep"], rerun))
+    timings = [c for c in first.columns if "time" in c]
+    assert len(first) == 3 and timings
+    pd.testing.assert_frame_equal(first.drop(columns=timings), second.drop(columns=timings),
+                                  check_exact=True)
+    for job in first["job"]:  # and every per-image probability
+        one, two = (json.loads((sweep / job / "results.json").read_text())
+                    for sweep in (multirun["sweep"], rerun))
+        assert one["predictions"] == two["predictions"], job
 
 
 def _wandb_files(sweep: Path) -> list[Path]:

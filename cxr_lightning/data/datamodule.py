@@ -22,8 +22,9 @@ from cxr_lightning.data.cache import CacheSpec, ImageCache, build_image_cache, o
 from cxr_lightning.data.cohort import cohort_summary
 from cxr_lightning.data.manifest import CohortReport
 from cxr_lightning.data.sample import generate_sample, is_complete_sample, sample_out_dir
+from cxr_lightning.data.sampling import EpochSampler, ResumableDataLoader
 from cxr_lightning.data.sources import build_manifest
-from cxr_lightning.data.transforms import normalise_batch, training_augmentation
+from cxr_lightning.data.transforms import augment, normalise_batch, training_augmentation
 from cxr_lightning.findings import FINDINGS
 
 log = logging.getLogger(__name__)
@@ -32,24 +33,28 @@ log = logging.getLogger(__name__)
 class CachedImageDataset(Dataset):
     """Images of one split, read from the cache; items are dicts of image, labels and index.
 
-    Map-style, so Lightning's DistributedSampler (DDP ranks) and the DataLoader's workers split
-    it without any help.
+    Map-style, so the DataLoader's workers split it without any help. Keys are an index, or an
+    ``(index, epoch)`` pair from :class:`~cxr_lightning.data.sampling.EpochSampler`: the
+    augmentation of an image is seeded by ``(seed, epoch, index)``, so it does not depend on
+    the worker that loads it.
     """
 
     def __init__(self, manifest: pd.DataFrame, cache: ImageCache,
-                 augmentation: A.Compose | None = None) -> None:
+                 augmentation: A.Compose | None = None, seed: int = 0) -> None:
         self.rows = np.array([cache.row_of[i] for i in manifest["image_id"]], dtype=np.int64)
         self.labels = torch.tensor(manifest[list(FINDINGS)].to_numpy(dtype=np.float32))
         self.images = cache.images
         self.augmentation = augmentation
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
         image = np.array(self.images[self.rows[index]])  # a writable copy of the cached row
         if self.augmentation is not None:
-            image = self.augmentation(image=image)["image"]
+            image = augment(self.augmentation, image, self.seed, epoch, index)
         return {"image": torch.from_numpy(np.array(image)), "labels": self.labels[index],
                 "index": torch.tensor(index)}
 
@@ -62,6 +67,10 @@ class CXRDataModule(pl.LightningDataModule):
     ``.../physionet.org/files/mimic-cxr/2.0.0`` path (the tables then go to the sibling
     MIMIC-CXR-JPG project), else all into ``root``. ``labels_root`` is where MIMIC-CXR-JPG's
     tables are (default: found from ``root``, see :func:`~cxr_lightning.data.mimic.resolve_layout`).
+
+    ``seed`` fixes the training order and augmentation of every epoch (both functions of
+    ``(seed, epoch)`` and the image, independent of ``num_workers``); training batches can be
+    checkpointed mid-epoch (:class:`~cxr_lightning.data.sampling.ResumableDataLoader`).
     """
 
     def __init__(
@@ -85,6 +94,7 @@ class CXRDataModule(pl.LightningDataModule):
         sample: dict | None = None,
         channels: int = 3,
         labels_root: str | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if root is None:
@@ -104,6 +114,7 @@ class CXRDataModule(pl.LightningDataModule):
         self.cache_url = cache_url
         self.augment = augment
         self.channels = channels
+        self.seed = seed
         self.predict_split = "test"
         self.sample = sample
         self.manifest: pd.DataFrame | None = None
@@ -163,27 +174,44 @@ class CXRDataModule(pl.LightningDataModule):
         """(N, 2) training labels in FINDINGS order (NaN where masked)."""
         return torch.tensor(self.split_manifest("train")[list(FINDINGS)].to_numpy(np.float32))
 
-    def _loader(self, split: str, shuffle: bool, augmentation: A.Compose | None) -> DataLoader:
-        dataset = CachedImageDataset(self.split_manifest(split), self.cache, augmentation)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available(), drop_last=False)
+    def _loader(self, split: str) -> DataLoader:
+        """One split in manifest order, not augmented. Every loader has its own generator (the
+        workers' base seed), so iterating one never draws from torch's global generator."""
+        return DataLoader(CachedImageDataset(self.split_manifest(split), self.cache),
+                          generator=torch.Generator().manual_seed(self.seed),
+                          **self._loader_options())
+
+    def _loader_options(self) -> dict:
+        return {"batch_size": self.batch_size, "num_workers": self.num_workers,
+                "persistent_workers": self.num_workers > 0,
+                "pin_memory": torch.cuda.is_available(), "drop_last": False}
 
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor],
                                 dataloader_idx: int) -> dict[str, torch.Tensor]:
         """On the device: uint8 grey images -> normalised float with ``channels`` channels."""
         return {**batch, "image": normalise_batch(batch["image"], self.channels)}
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, training_augmentation() if self.augment else None)
+    def train_dataloader(self) -> ResumableDataLoader:
+        """The training split, shuffled and augmented per epoch from ``seed``; under DDP each
+        rank takes its share of the same order."""
+        dataset = CachedImageDataset(self.split_manifest("train"), self.cache,
+                                     training_augmentation() if self.augment else None,
+                                     seed=self.seed)
+        trainer = self.trainer
+        sampler = EpochSampler(dataset, seed=self.seed,
+                               num_replicas=trainer.world_size if trainer else 1,
+                               rank=trainer.global_rank if trainer else 0)
+        return ResumableDataLoader(dataset, sampler,
+                                   generator=torch.Generator().manual_seed(self.seed),
+                                   **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False, None)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False, None)
+        return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
         """The split named by :attr:`predict_split` (default ``test``), in manifest order: what
         ``trainer.predict`` scores."""
-        return self._loader(self.predict_split, False, None)
+        return self._loader(self.predict_split)
