@@ -156,6 +156,27 @@ def test_frozen_bn_in_eval_mode_during_training_step(schedule_run) -> None:
     assert all(m.training for m in module.modules()), "train mode not restored after fit"
 
 
+class NoModeResetModule(TinyModule):
+    """TinyModule without its per-epoch ``.train()``: Lightning 2.x itself keeps module modes
+    across epochs and validation, so nothing but the callback puts a block back in train mode."""
+
+    def on_train_epoch_start(self) -> None:
+        self.epochs.append({"trainable": {n for n, p in self.named_parameters()
+                                          if p.requires_grad}})
+
+
+def test_an_unfrozen_block_s_batchnorm_trains_without_help() -> None:
+    module = NoModeResetModule()
+    callback = ProgressiveUnfreezing(interval=1, max_blocks=2)
+    running_mean = module.backbone.layer4[1].bn1.running_mean.clone()
+    _fit(module, callback, epochs=3)
+    for epoch, modes in module.bn_modes:
+        unfrozen = tuple(f"{b}." for b in ["layer4.1", "layer4.0"][: min(epoch, 2)])
+        for name, training in modes.items():
+            assert training == name.startswith(unfrozen), (epoch, name)
+    assert not torch.equal(module.backbone.layer4[1].bn1.running_mean, running_mean)
+
+
 def test_train_bn_lets_frozen_bn_statistics_train() -> None:
     module = TinyModule()
     before = _clone_state(module)

@@ -223,6 +223,7 @@ class ProgressiveUnfreezing(BaseFinetuning):
                 )
             for _, block in self._blocks[: len(unfrozen)]:
                 self.make_trainable(block)
+                block.train()
         super().on_fit_start(trainer, pl_module)
         optimizer = trainer.optimizers[0]
         in_optimizer = _param_ids(optimizer)
@@ -429,6 +430,7 @@ class ProgressiveUnfreezing(BaseFinetuning):
         drops e.g. a fresh BatchNorm's ones/zeros when an equal tensor is already there.
         """
         self.make_trainable(block)
+        block.train()  # its BatchNorm layers were held in eval mode while it was frozen
         head = optimizer.param_groups[0]
         in_optimizer = _param_ids(optimizer)
         group = {
