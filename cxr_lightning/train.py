@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 import traceback
 import warnings
@@ -38,7 +37,7 @@ from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from cxr_lightning import resolvers  # noqa: F401  (registers ${unique:}, ${auto_precision:})
+from cxr_lightning import preset, resolvers  # noqa: F401  (registers the config's resolvers)
 from cxr_lightning.callbacks.stage_best import StageBest
 from cxr_lightning.callbacks.timing import EpochTimer
 from cxr_lightning.data.cohort import cohort_summary
@@ -291,16 +290,9 @@ def hydra_main(cfg: DictConfig) -> float:
     return run_job(cfg)
 
 
-def mimic_configured(overrides: list[str]) -> bool:
-    """Whether the command line or environment points at a dataset (else: the embedded sample)."""
-    chosen = ("data.root=", "data=", "preset=", "+preset=")
-    return bool(os.environ.get("MIMIC_CXR_ROOT")) or any(o.startswith(chosen) for o in overrides)
-
-
 def main() -> None:
-    """Select ``preset=sample`` when no dataset is configured, then run Hydra."""
-    if not mimic_configured(sys.argv[1:]):
-        sys.argv.append("preset=sample")
+    """The command: Hydra, with ``preset=auto`` reading the command line (:mod:`preset`)."""
+    preset.use_command_line(sys.argv[1:])
     hydra_main()
 
 
