@@ -246,7 +246,14 @@ def run_job(cfg: DictConfig) -> float:
     finish_tracking()
     if results is None:  # a DDP rank other than zero
         return float("nan")
+    log.info("Job %s holds %.1f MB (checkpoints.keep=%s)", output_dir,
+             disk_use(output_dir) / 1e6, cfg.checkpoints.keep)
     return optimized_value(cfg, results)
+
+
+def disk_use(directory: Path) -> int:
+    """Bytes of the files under ``directory``."""
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
 def check_weights(cfg: DictConfig) -> None:
