@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test test-fast lint format clean bench-data bench-unfreeze report bench-eval bench-predict sweep exp1 exp2 exp1-table1 rehearse
+.PHONY: sync install train test test-fast lint format clean bench-data bench-unfreeze report bench-eval bench-predict sweep exp1 exp2 exp1-table1 rehearse
 
 install: $(STAMP)
 
@@ -73,6 +73,10 @@ bench-eval: install
 SWEEP ?=
 report: install
 	$(BIN)/python -m cxr_lightning.report $(SWEEP)
+
+## Upload every offline W&B run under SWEEP (a multirun or run directory; default: outputs).
+sync: install
+	$(BIN)/wandb sync $$(find $(or $(SWEEP),outputs) -type d -name 'offline-run-*')
 
 lint: install
 	$(BIN)/ruff check cxr_lightning tests experiments

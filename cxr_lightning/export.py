@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from omegaconf import MISSING
 
+from cxr_lightning.errors import run_command
 from cxr_lightning.findings import FINDINGS
 from cxr_lightning.inference.bundle import ModelBundle, load_model
 from cxr_lightning.inference.cli import parse_arguments
@@ -153,4 +154,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command(main))

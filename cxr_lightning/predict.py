@@ -26,6 +26,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from cxr_lightning.errors import run_command
 from cxr_lightning.inference.bundle import load_model
 from cxr_lightning.inference.cli import parse_arguments
 from cxr_lightning.inference.inputs import collect_inputs
@@ -55,8 +56,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     """Run the CLI; returns the path of predictions.csv."""
     args = parse_arguments(PredictArguments, sys.argv[1:] if argv is None else argv, USAGE)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    bundle = load_model(args.ckpt, args.formulation, args.backbone)
     paths = collect_inputs(args.inputs)
+    bundle = load_model(args.ckpt, args.formulation, args.backbone)
     out_dir = Path(args.out)
     table = predict_files(bundle, paths, out_dir, heatmaps=args.heatmaps,
                           batch_size=args.batch_size, device=args.device,
@@ -67,4 +68,4 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command(main))

@@ -2,6 +2,8 @@
 
 * ``${unique:}``: a random token per launch, shared with the processes it starts (DDP ranks), in
   run and sweep directory names, so two launches never collide.
+* ``${checkpoint_policy:KEEP,FIELD}``: ``save_last``, ``save_top_k`` or ``filename`` of the
+  ``ModelCheckpoint`` for ``checkpoints.keep`` = ``best`` | ``best+last`` | ``all``.
 * ``${auto_precision:}``: the trainer precision of ``trainer=default``: ``bf16-mixed`` on a CUDA
   device that supports bfloat16 (Ampere or newer), else ``32-true``.
 """
@@ -29,6 +31,22 @@ def auto_precision() -> str:
     return "32-true"
 
 
+CHECKPOINT_POLICIES: dict[str, dict[str, bool | int | str]] = {
+    "best": {"save_last": False, "save_top_k": 1, "filename": "best"},
+    "best+last": {"save_last": True, "save_top_k": 1, "filename": "best"},  # last: for resume
+    "all": {"save_last": True, "save_top_k": -1, "filename": "{epoch:03d}"},
+}
+
+
+def checkpoint_policy(keep: str, field: str) -> bool | int | str:
+    """One ``ModelCheckpoint`` argument of the checkpoint policy ``keep``."""
+    if keep not in CHECKPOINT_POLICIES:
+        raise ValueError(f"checkpoints.keep={keep!r}: choose one of {list(CHECKPOINT_POLICIES)}")
+    return CHECKPOINT_POLICIES[keep][field]
+
+
+if not OmegaConf.has_resolver("checkpoint_policy"):
+    OmegaConf.register_new_resolver("checkpoint_policy", checkpoint_policy)
 for _name, _resolver in (("unique", run_token), ("auto_precision", auto_precision)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver, use_cache=True)

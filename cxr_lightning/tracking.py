@@ -42,6 +42,9 @@ def member_loggers(cfg: DictConfig, output_dir: Path, member: str, prefix: str) 
     if wandb_cfg.enabled:
         disable_wandb_telemetry()
         loggers.append(WandbLogger(
+            experiment=wandb.run,  # binary's second model joins the job's run (None: a new run)
+            entity=wandb_cfg.entity,
+            notes=wandb_cfg.notes,
             project=wandb_cfg.project,
             mode=wandb_cfg.mode,
             group=wandb_cfg.group or job_group(),

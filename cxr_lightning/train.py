@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
+import shutil
 import sys
 import traceback
 import warnings
@@ -38,18 +38,18 @@ from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from cxr_lightning import resolvers  # noqa: F401  (registers ${unique:}, ${auto_precision:})
+from cxr_lightning import preset, resolvers  # noqa: F401  (registers the config's resolvers)
 from cxr_lightning.callbacks.resume_state import ResumeState
 from cxr_lightning.callbacks.stage_best import StageBest
 from cxr_lightning.callbacks.timing import EpochTimer
 from cxr_lightning.data.cohort import cohort_summary
 from cxr_lightning.data.datamodule import CXRDataModule
-from cxr_lightning.data.mimic import MissingDataError
+from cxr_lightning.errors import EXIT_USER_ERROR, UserError, debugging
 from cxr_lightning.evaluation.metrics import THRESHOLD, known_labels, point_metrics
 from cxr_lightning.evaluation.thresholds import YOUDEN
 from cxr_lightning.findings import FINDINGS
 from cxr_lightning.inference.bundle import classifier_from_checkpoint, save_bundle
-from cxr_lightning.models.backbones import calibrate_batchnorm, is_random_init
+from cxr_lightning.models.backbones import build_backbone, calibrate_batchnorm, is_random_init
 from cxr_lightning.models.classifier import CXRClassifier
 from cxr_lightning.models.formulations import Formulation, FormulationPlan
 from cxr_lightning.results import MemberResult, job_results, predictions_table, write_results
@@ -63,7 +63,12 @@ from cxr_lightning.tracking import (
 log = logging.getLogger(__name__)
 
 BN_CALIBRATION_BATCHES = 20
+# What a job directory holds before its job starts (Hydra's record, the log, the resolved config).
+JOB_START_FILES = {".hydra", "config_resolved.yaml", "train.log", "wandb"}
+# The configuration: conf/ beside the package in a checkout, cxr_lightning/conf in an install.
 PROJECT_CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONFIG_PATH = (str(PROJECT_CONF_DIR) if (PROJECT_CONF_DIR / "train.yaml").is_file()
+               else "pkg://cxr_lightning.conf")
 
 
 def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
@@ -224,10 +229,15 @@ def run_job(cfg: DictConfig) -> float:
         (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         (output_dir / "failed.json").unlink(missing_ok=True)
     try:
+        check_weights(cfg)
         results = train_and_test(cfg, output_dir)
-    except MissingDataError as error:  # the configuration points at no dataset: every job would
-        log.error("%s", error)          # fail alike, so the run (or sweep) ends here, untraced
-        raise SystemExit(2) from None
+    except UserError as error:  # every job of the launch would fail alike: it ends here
+        if debugging():
+            raise
+        log.error("%s", error)
+        finish_tracking(failed=True)
+        remove_litter(output_dir)
+        raise SystemExit(EXIT_USER_ERROR) from None
     except Exception as error:  # a failed job is recorded; the sweep goes on
         if rank_zero_only.rank != 0:
             raise
@@ -242,7 +252,36 @@ def run_job(cfg: DictConfig) -> float:
     finish_tracking()
     if results is None:  # a DDP rank other than zero
         return float("nan")
+    log.info("Job %s holds %.1f MB (checkpoints.keep=%s)", output_dir,
+             disk_use(output_dir) / 1e6, cfg.checkpoints.keep)
     return optimized_value(cfg, results)
+
+
+def disk_use(directory: Path) -> int:
+    """Bytes of the files under ``directory``."""
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
+def check_weights(cfg: DictConfig) -> None:
+    """Build the backbone once with ``model.weights`` before any data is read, so that missing
+    or unfitting weights (an absent file, no network for ImageNet's) end the launch at once."""
+    try:
+        build_backbone(cfg.model.backbone, cfg.model.weights, cfg.model.in_channels)
+    except (OSError, RuntimeError, ValueError) as error:
+        raise UserError(f"model.backbone={cfg.model.backbone} model.weights="
+                        f"{cfg.model.weights}: {error}") from error
+
+
+def remove_litter(output_dir: Path) -> None:
+    """Delete a job directory that holds nothing but what its start wrote (and, in a multirun,
+    a sweep directory left empty by that): a launch refused for a user error leaves no trace."""
+    if rank_zero_only.rank != 0 or {p.name for p in output_dir.iterdir()} - JOB_START_FILES:
+        return
+    shutil.rmtree(output_dir)
+    sweep_dir = output_dir.parent
+    if (HydraConfig.get().mode == RunMode.MULTIRUN
+            and {p.name for p in sweep_dir.iterdir()} <= {"multirun.yaml"}):
+        shutil.rmtree(sweep_dir)
 
 
 def train_and_test(cfg: DictConfig, output_dir: Path) -> dict[str, Any] | None:
@@ -291,22 +330,15 @@ def save_model(path: Path, cfg: DictConfig, plan: FormulationPlan, members: list
         config=cfg)
 
 
-@hydra.main(version_base="1.3", config_path=str(PROJECT_CONF_DIR), config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
     """Hydra entry point (one job of a run or multirun)."""
     return run_job(cfg)
 
 
-def mimic_configured(overrides: list[str]) -> bool:
-    """Whether the command line or environment points at a dataset (else: the embedded sample)."""
-    chosen = ("data.root=", "data=", "preset=", "+preset=")
-    return bool(os.environ.get("MIMIC_CXR_ROOT")) or any(o.startswith(chosen) for o in overrides)
-
-
 def main() -> None:
-    """Select ``preset=sample`` when no dataset is configured, then run Hydra."""
-    if not mimic_configured(sys.argv[1:]):
-        sys.argv.append("preset=sample")
+    """The command: Hydra, with ``preset=auto`` reading the command line (:mod:`preset`)."""
+    preset.use_command_line(sys.argv[1:])
     hydra_main()
 
 

@@ -63,9 +63,18 @@ def test_logger_configs(logger, csv, wandb):
 
 
 @pytest.mark.parametrize("debug", ["fast", "overfit", "profile"])
-def test_debug_overlays_shorten_the_run_and_turn_wandb_off(debug):
+def test_debug_overlays_shorten_the_run_and_keep_the_chosen_logger(debug):
     cfg = _compose("preset=sample", f"debug={debug}")
-    assert cfg.trainer.max_epochs <= 30 and not cfg.logger.wandb.enabled
+    assert cfg.trainer.max_epochs <= 30 and cfg.logger.wandb.enabled
+    assert not _compose("preset=sample", f"debug={debug}", "logger=csv").logger.wandb.enabled
+
+
+def test_every_wandb_setting_is_overridable():
+    settings = {"entity": "myteam", "project": "edema", "group": "g1", "notes": "first try",
+                "mode": "online", "log_model": True, "tags": ["a", "b"]}
+    overrides = [f"logger.wandb.{k}={v}" for k, v in settings.items() if k != "tags"]
+    cfg = _compose(*overrides, "logger.wandb.tags=[a,b]")
+    assert {k: OmegaConf.to_object(cfg.logger.wandb)[k] for k in settings} == settings
 
 
 def test_experiments_set_their_sweeps():

@@ -62,7 +62,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from cxr_lightning.commands import program_name
 from cxr_lightning.data.images import MAX_PIXELS, read_image_uint8
+from cxr_lightning.errors import run_command
 
 log = logging.getLogger(__name__)
 
@@ -606,7 +608,7 @@ def main(argv: list[str] | None = None) -> BuildSummary:
     from cxr_lightning.data.mimic import build_mimic_manifest
 
     parser = argparse.ArgumentParser(
-        prog="python -m cxr_lightning.data.cache",
+        prog=program_name("cxr_lightning.data.cache"),
         description="Build the resized image cache of a MIMIC-CXR-format tree (resumable). "
                     "With --shard i/N several machines build disjoint shards; copy them into one "
                     "directory and run once more without --shard to mark the cache complete.")
@@ -643,4 +645,4 @@ def main(argv: list[str] | None = None) -> BuildSummary:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command(main))

@@ -36,7 +36,9 @@ from typing import Any
 
 import pandas as pd
 
+from cxr_lightning.commands import plain, program_name
 from cxr_lightning.data.manifest import SPLITS, CohortReport, cohort_table
+from cxr_lightning.errors import run_command
 from cxr_lightning.findings import FINDINGS
 
 log = logging.getLogger(__name__)
@@ -160,7 +162,8 @@ def _policy_pair(text: str) -> tuple[str, str]:
 
 
 def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, CohortOptions]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=program_name("cxr_lightning.data.cohort"),
+                                     description=plain(__doc__.split("\n\n")[0]))
     parser.add_argument("--root", type=Path, required=True,
                         help="MIMIC-CXR directory holding files/ (data.root, MIMIC_CXR_ROOT)")
     parser.add_argument("--labels-root", type=Path, default=None,
@@ -187,15 +190,12 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, CohortO
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point: log (and optionally save) the cohort table, print its JSON."""
     # Imported here: the MIMIC adapter imports this module for the options and label policies.
-    from cxr_lightning.data.mimic import MissingDataError, build_mimic_manifest
+    from cxr_lightning.data.mimic import build_mimic_manifest
 
     args, options = _parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        manifest, report = build_mimic_manifest(args.root, labels_root=args.labels_root,
-                                                **options.to_dict())
-    except MissingDataError as error:
-        raise SystemExit(f"error: {error}") from None
+    manifest, report = build_mimic_manifest(args.root, labels_root=args.labels_root,
+                                            **options.to_dict())
     summary = cohort_summary(manifest, report)
     log.info("Cohort of %s with %s:\n%s", args.root, options.to_dict(), summary.to_string())
     if args.out is not None:
@@ -207,4 +207,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command(main))

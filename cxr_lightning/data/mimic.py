@@ -28,6 +28,7 @@ from cxr_lightning.data.manifest import (
     random_patient_split,
 )
 from cxr_lightning.data.tables import ID, LABEL_CODE, Column, read_table
+from cxr_lightning.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ PROJECTS = {"dicom": "MIMIC-CXR (physionet.org/files/mimic-cxr/<version>/)",
             "jpg": "MIMIC-CXR-JPG (physionet.org/files/mimic-cxr-jpg/<version>/)"}
 
 
-class MissingDataError(FileNotFoundError):
+class MissingDataError(UserError, FileNotFoundError):
     """A dataset file or directory the configuration points at is absent: a user error, whose
     message names what is missing, where it was looked for and where it comes from."""
 

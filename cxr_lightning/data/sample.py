@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from cxr_lightning.commands import plain, program_name
 from cxr_lightning.data.dicom import read_dicom_uint8
 from cxr_lightning.data.mimic import image_path
 from cxr_lightning.data.sample_render import (
@@ -47,6 +48,7 @@ from cxr_lightning.data.sample_render import (
     StudyFindings,
     write_image,
 )
+from cxr_lightning.errors import run_command
 
 logger = logging.getLogger(__name__)
 
@@ -519,7 +521,8 @@ def generate_sample(out_dir: Path, n_subjects: int = 400, seed: int = 0, *,
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=program_name("cxr_lightning.data.sample"),
+                                     description=plain(__doc__.split("\n\n")[0]))
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--n-subjects", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
@@ -544,4 +547,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command(main))

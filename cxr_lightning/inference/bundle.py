@@ -40,6 +40,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cxr_lightning.data.cache import CacheSpec
+from cxr_lightning.errors import MissingFileError
 from cxr_lightning.evaluation.metrics import THRESHOLD
 from cxr_lightning.findings import FINDINGS
 from cxr_lightning.inference.metadata import (
@@ -264,7 +265,7 @@ def _rebuild(member: Formulation, hparams: Mapping[str, Any],
 def _load_plain(path: Path) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` on CPU, with errors that name the file."""
     if not path.is_file():
-        raise FileNotFoundError(f"ckpt={path}: no such file")
+        raise MissingFileError(f"ckpt={path}: no such file")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle refusals, truncation, not a torch file: many types

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cxr_lightning.data.images import SUPPORTED_SUFFIXES
 from cxr_lightning.data.tables import Column, read_table
+from cxr_lightning.errors import BadValueError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def collect_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     """The image paths named by one input or a list of them, in order, each once."""
     items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
     if not items:
-        raise ValueError("inputs is empty: give files, folders, glob patterns or a manifest CSV")
+        raise BadValueError("inputs is empty: give files, folders, glob patterns or a manifest CSV")
     paths = [path for item in items for path in _expand(str(item))]
     unique = list(_first_name_of_each_file(paths))
     if len(unique) < len(paths):
@@ -54,7 +55,7 @@ def _expand(item: str) -> list[Path]:
         # the shortest name of each file: ``**`` follows directory links, loops included
         matches = sorted(_first_name_of_each_file(sorted(found, key=lambda p: len(p.parts))))
         if not matches:
-            raise ValueError(f"inputs={item!r}: the pattern matches no file")
+            raise BadValueError(f"inputs={item!r}: the pattern matches no file")
         return matches
     if path.is_dir():
         return _images_under(path)
@@ -75,8 +76,8 @@ def _images_under(folder: Path) -> list[Path]:
     images = sorted(Path(parent, name) for parent, _, names in os.walk(folder)
                     for name in names if Path(name).suffix.lower() in SUPPORTED_SUFFIXES)
     if not images:
-        raise ValueError(f"inputs={str(folder)!r}: the folder holds no "
-                         f"{'/'.join(SUPPORTED_SUFFIXES)} file")
+        raise BadValueError(f"inputs={str(folder)!r}: the folder holds no "
+                            f"{'/'.join(SUPPORTED_SUFFIXES)} file")
     return images
 
 

@@ -20,6 +20,7 @@ import torch
 
 from cxr_lightning.data.cache import CACHE_FORMAT_VERSION, CacheSpec
 from cxr_lightning.data.transforms import normalise_batch
+from cxr_lightning.errors import BadValueError
 from cxr_lightning.models.formulations import (
     BinaryFormulation,
     Formulation,
@@ -52,7 +53,7 @@ _CACHE_SPEC_KEYS = ("image_size", "resize", "interpolation", "histogram_equaliza
 _REPOSITORY = Path(__file__).resolve().parents[2]
 
 
-class ModelMismatchError(ValueError):
+class ModelMismatchError(BadValueError):
     """A saved model is not what was asked for, or cannot be rebuilt by this code."""
 
 

@@ -7,6 +7,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from cxr_lightning.commands import plain, program_name
+from cxr_lightning.errors import run_command
 from cxr_lightning.evaluation.bootstrap import N_BOOTSTRAP
 from cxr_lightning.report.build import compile_report, write_report
 from cxr_lightning.report.load import newest_sweep
@@ -15,8 +17,8 @@ log = logging.getLogger(__name__)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m cxr_lightning.report",
-                                     description=__doc__.split(":", 1)[1].strip())
+    parser = argparse.ArgumentParser(prog=program_name("cxr_lightning.report"),
+                                     description=plain(__doc__.split(":", 1)[1].strip()))
     parser.add_argument("sweep_dir", type=Path, nargs="?", default=None,
                         help="multirun directory (default: the newest under "
                              "$CXR_LIGHTNING_HOME/outputs/multiruns, else ./outputs/multiruns)")
@@ -37,4 +39,4 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command(main))

@@ -1,0 +1,1 @@
+"""conf/ is installed as the package cxr_lightning.conf (setup.py), where Hydra finds it."""
