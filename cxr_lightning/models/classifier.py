@@ -57,7 +57,9 @@ class CXRClassifier(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.formulation.loss(self(batch["image"]), batch["labels"])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
+        # not on the progress bar: it would turn the loss into a Python number (a host-device
+        # sync) at every refresh
+        self.log("train/loss", loss, on_step=True, on_epoch=True,
                  batch_size=len(batch["image"]))
         return loss
 
