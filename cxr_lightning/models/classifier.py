@@ -50,6 +50,17 @@ class CXRClassifier(pl.LightningModule):
         self.val_labelled = nn.ModuleDict({f: SumMetric() for f in formulation.findings})
         self._warned_undefined: set[str] = set()
 
+    def compile_backbone(self, backend: str = "inductor") -> None:
+        """Compile the backbone in place (``nn.Module.compile``: parameter names and the
+        checkpoint are unchanged). :class:`ProgressiveUnfreezing` resets Dynamo's caches at each
+        stage, so each stage compiles afresh instead of piling up recompilations."""
+        self.backbone.compile(backend=backend, dynamic=False)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether :meth:`compile_backbone` was called."""
+        return getattr(self.backbone, "_compiled_call_impl", None) is not None
+
     def unfreezable_blocks(self) -> list[tuple[str, nn.Module]]:
         """The backbone's blocks, top-down, for :class:`ProgressiveUnfreezing`."""
         return unfreezable_blocks(self.backbone)
