@@ -86,6 +86,9 @@ def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
     pl.seed_everything(cfg.seed + plan.members.index(member), workers=True)
     member.fit_to_training_labels(datamodule.train_labels())
     model = CXRClassifier(member, **cfg.model)
+    if cfg.trainer.get("compile", False):  # a key of ours, not a Trainer argument
+        model.compile_backbone()
+    trainer_cfg = OmegaConf.masked_copy(cfg.trainer, [k for k in cfg.trainer if k != "compile"])
     timer = EpochTimer()
     checkpoint_dir = output_dir / "checkpoints" / name
     unfreezing = instantiate(cfg.unfreeze)
@@ -98,7 +101,7 @@ def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
     callbacks.append(stages)
     prefix = "" if len(plan.members) == 1 else "-".join(member.findings)
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=member_loggers(cfg, output_dir, name, prefix))
+        trainer_cfg, callbacks=callbacks, logger=member_loggers(cfg, output_dir, name, prefix))
     refuse_relaunch_in_multirun(trainer)
     last = checkpoint_dir / "last.ckpt"
     resume_from = str(last) if cfg.resume and last.is_file() else None

@@ -247,6 +247,10 @@ class ProgressiveUnfreezing(BaseFinetuning):
                 "ReduceLROnPlateau")
         self._extend_schedulers(trainer, optimizer)
         self._check_max_epochs(trainer)
+        if self.fold_frozen_bn and _compiled(pl_module):
+            rank_zero_info("BatchNorm folding is off under a compiled backbone: the compiler "
+                           "fuses eval-mode BatchNorm itself")
+            self.fold_frozen_bn = False
         if self.fold_frozen_bn and not self.train_bn:
             self._folding = FrozenBatchNormFolding(pl_module.backbone)
         self._collect_frozen_bns(pl_module)
@@ -412,6 +416,11 @@ class ProgressiveUnfreezing(BaseFinetuning):
             names.append(name)
         self._history.append({"epoch": epoch, "blocks": names})
         self._reset_plateau()
+        if _compiled(pl_module):
+            # new trainable parameters fail the compiled graphs' guards: start the stage from
+            # empty caches, or every stage adds recompilations until Dynamo's limit silently
+            # leaves the rest of training in eager mode
+            torch._dynamo.reset()
         rank_zero_info(
             f"Epoch {epoch}: unfreezing stage {self.stage}/{len(self._stages) - 1} unfroze "
             f"{', '.join(names)} (lr {optimizer.param_groups[0]['lr'] * self.lr_factor:.3g}); "
@@ -476,6 +485,11 @@ class ProgressiveUnfreezing(BaseFinetuning):
         ]
         if self._folding is not None:
             self._folding.refold(self._frozen_bns)
+
+
+def _compiled(pl_module: pl.LightningModule) -> bool:
+    """Whether the module's backbone is compiled (``CXRClassifier.compile_backbone``)."""
+    return bool(getattr(pl_module, "compiled", False))
 
 
 def _param_ids(optimizer: Optimizer) -> set[int]:

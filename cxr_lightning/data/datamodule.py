@@ -8,14 +8,18 @@ collate, pin and copy than float32 with three channels.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import albumentations as A  # noqa: N812
+import cv2
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset
 
 from cxr_lightning.data.cache import CacheSpec, ImageCache, build_image_cache, open_image_cache
@@ -28,6 +32,19 @@ from cxr_lightning.data.transforms import augment, normalise_batch, training_aug
 from cxr_lightning.findings import FINDINGS
 
 log = logging.getLogger(__name__)
+
+PREFETCH_FACTOR = 4
+"""Batches each DataLoader worker loads ahead (PyTorch's default is 2)."""
+
+
+def worker_init(worker_id: int, rank: int = 0) -> None:
+    """A DataLoader worker's start: OpenCV on one thread (the workers are the parallelism; each
+    decoding or augmenting on every core oversubscribes them), then Lightning's seeding of the
+    worker's generators when ``seed_everything(..., workers=True)`` asked for it (Lightning adds
+    its own ``worker_init_fn`` only to a loader that has none)."""
+    cv2.setNumThreads(1)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        pl_worker_init_function(worker_id, rank=rank)
 
 
 class CachedImageDataset(Dataset):
@@ -182,9 +199,18 @@ class CXRDataModule(pl.LightningDataModule):
                           **self._loader_options())
 
     def _loader_options(self) -> dict:
+        """Options of every loader: workers start from a forkserver with :func:`worker_init` and
+        prefetch :data:`PREFETCH_FACTOR` batches each. Not forked from this process: a child
+        forked after OpenCV's thread pool ran here deadlocks in OpenCV (see
+        :func:`~cxr_lightning.data.cache.build_image_cache`); the dataset pickles its cache as
+        file paths, so a worker maps the shards itself."""
+        workers = {"persistent_workers": True, "prefetch_factor": PREFETCH_FACTOR,
+                   "multiprocessing_context": "forkserver",
+                   "worker_init_fn": partial(worker_init, rank=self.trainer.global_rank
+                                             if self.trainer else 0)}
         return {"batch_size": self.batch_size, "num_workers": self.num_workers,
-                "persistent_workers": self.num_workers > 0,
-                "pin_memory": torch.cuda.is_available(), "drop_last": False}
+                "pin_memory": torch.cuda.is_available(), "drop_last": False,
+                **(workers if self.num_workers > 0 else {})}
 
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor],
                                 dataloader_idx: int) -> dict[str, torch.Tensor]:
@@ -201,9 +227,12 @@ class CXRDataModule(pl.LightningDataModule):
         sampler = EpochSampler(dataset, seed=self.seed,
                                num_replicas=trainer.world_size if trainer else 1,
                                rank=trainer.global_rank if trainer else 0)
+        # drop_last: every step has a full batch (no tiny last batch for BatchNorm, no new shape
+        # to autotune or compile), unless the split is smaller than one batch
         return ResumableDataLoader(dataset, sampler,
                                    generator=torch.Generator().manual_seed(self.seed),
-                                   **self._loader_options())
+                                   **{**self._loader_options(),
+                                      "drop_last": len(sampler) >= self.batch_size})
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

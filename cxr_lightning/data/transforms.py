@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from functools import cache
 
 import albumentations as A  # noqa: N812
 import numpy as np
@@ -59,6 +60,16 @@ def normalise_batch(images: torch.Tensor, channels: int = 3) -> torch.Tensor:
     grey = images.unsqueeze(1).float().div_(255.0)
     if channels == 1:
         return (grey - GREY_MEAN) / GREY_STD
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    mean, std = _imagenet_constants(images.device)
     return (grey - mean) / std
+
+
+@cache
+def _imagenet_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet's mean and std as (1, 3, 1, 1) tensors on ``device``, created once per device
+    (creating them per batch is a host-to-device copy, which waits for the device). Never
+    inference tensors, so a first call under ``torch.inference_mode`` does not taint training."""
+    shape = (1, 3, 1, 1)
+    with torch.inference_mode(False):
+        return (torch.tensor(IMAGENET_MEAN, device=device).view(shape),
+                torch.tensor(IMAGENET_STD, device=device).view(shape))

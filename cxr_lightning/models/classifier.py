@@ -40,6 +40,9 @@ class CXRClassifier(pl.LightningModule):
         self.save_hyperparameters(ignore=["formulation"])
         self.formulation = formulation
         self.backbone, num_features = build_backbone(backbone, weights, in_channels)
+        # channels-last throughout (cuDNN's and oneDNN's fast convolution layout), whatever
+        # is frozen or folded
+        self.backbone.to(memory_format=torch.channels_last)
         self.head = nn.Linear(num_features, formulation.num_outputs)
         self.val_auroc = nn.ModuleDict({f: BinaryAUROC() for f in formulation.findings})
         self.val_acc = nn.ModuleDict({f: BinaryAccuracy() for f in formulation.findings})
@@ -47,17 +50,30 @@ class CXRClassifier(pl.LightningModule):
         self.val_labelled = nn.ModuleDict({f: SumMetric() for f in formulation.findings})
         self._warned_undefined: set[str] = set()
 
+    def compile_backbone(self, backend: str = "inductor") -> None:
+        """Compile the backbone in place (``nn.Module.compile``: parameter names and the
+        checkpoint are unchanged). :class:`ProgressiveUnfreezing` resets Dynamo's caches at each
+        stage, so each stage compiles afresh instead of piling up recompilations."""
+        self.backbone.compile(backend=backend, dynamic=False)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether :meth:`compile_backbone` was called."""
+        return getattr(self.backbone, "_compiled_call_impl", None) is not None
+
     def unfreezable_blocks(self) -> list[tuple[str, nn.Module]]:
         """The backbone's blocks, top-down, for :class:`ProgressiveUnfreezing`."""
         return unfreezable_blocks(self.backbone)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits of shape (N, formulation.num_outputs)."""
-        return self.head(self.backbone(images))
+        return self.head(self.backbone(images.contiguous(memory_format=torch.channels_last)))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.formulation.loss(self(batch["image"]), batch["labels"])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
+        # not on the progress bar: it would turn the loss into a Python number (a host-device
+        # sync) at every refresh
+        self.log("train/loss", loss, on_step=True, on_epoch=True,
                  batch_size=len(batch["image"]))
         return loss
 
@@ -108,7 +124,16 @@ class CXRClassifier(pl.LightningModule):
         checkpoint[CHECKPOINT_METADATA_KEY] = checkpoint_metadata(self.formulation,
                                                                   self.hparams, spec)
 
+    def on_fit_start(self) -> None:
+        """cuDNN autotuning on CUDA (the batch shape is fixed), unless the trainer is
+        deterministic."""
+        if self.device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
+            torch.backends.cudnn.benchmark = True
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW over the trainable parameters: the fused kernel on CUDA, else the multi-tensor
+        (``foreach``) one."""
         trainable = [p for p in self.parameters() if p.requires_grad]
+        kernel = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
         return torch.optim.AdamW(trainable, lr=self.hparams.lr,
-                                 weight_decay=self.hparams.weight_decay)
+                                 weight_decay=self.hparams.weight_decay, **kernel)

@@ -53,11 +53,15 @@ class Formulation(ABC):
 
 
 def _masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean BCE-with-logits over the entries whose target is known (not NaN)."""
+    """Mean BCE-with-logits over the entries whose target is known (not NaN); 0 when none is.
+
+    Masked by multiplication, not boolean indexing: no data-dependent shape, so nothing waits
+    for the device (see :mod:`tests.test_no_sync`).
+    """
     known = ~torch.isnan(targets)
-    if not known.any():
-        return logits.sum() * 0.0
-    return F.binary_cross_entropy_with_logits(logits[known], targets[known])
+    losses = F.binary_cross_entropy_with_logits(logits, torch.where(known, targets, 0.0),
+                                                reduction="none")
+    return (losses * known).sum() / known.sum().clamp(min=1)
 
 
 class BinaryFormulation(Formulation):
@@ -73,7 +77,8 @@ class BinaryFormulation(Formulation):
         return 1
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return _masked_bce(logits, labels[:, self.finding_columns])
+        column = self.finding_columns[0]  # a slice: a list index would be copied to the device
+        return _masked_bce(logits, labels[:, column : column + 1])
 
     def finding_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits)
@@ -120,18 +125,20 @@ class MulticlassFormulation(Formulation):
         self.class_weights = inverse_frequency_weights(labels)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Rows are left out by a zero weight, not by indexing (no host-device sync); a batch
+        without an informative row has loss 0."""
         compatible = compatible_classes(labels)
-        informative = ~compatible.all(dim=1)
-        if not informative.any():
-            return logits.sum() * 0.0
-        compatible = compatible[informative]
-        log_p = torch.log_softmax(logits[informative], dim=1)
+        informative = (~compatible.all(dim=1)).to(logits.dtype)
+        log_p = torch.log_softmax(logits, dim=1)
         nll = -torch.logsumexp(log_p.masked_fill(~compatible, float("-inf")), dim=1)
         if self.class_weights is None:
-            return nll.mean()
-        class_weights = self.class_weights.to(logits)
-        weights = (compatible.to(logits) @ class_weights) / compatible.sum(dim=1)
-        return (weights * nll).sum() / weights.sum()
+            weights = informative
+        else:
+            if self.class_weights.device != logits.device:  # moved once, not every step
+                self.class_weights = self.class_weights.to(logits.device)
+            weights = informative * ((compatible.to(logits.dtype) @ self.class_weights.to(
+                logits.dtype)) / compatible.sum(dim=1))
+        return (weights * nll).sum() / weights.sum().clamp(min=torch.finfo(weights.dtype).tiny)
 
     def finding_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return marginal_probabilities(torch.softmax(logits, dim=1))
