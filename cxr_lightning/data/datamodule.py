@@ -8,18 +8,14 @@ collate, pin and copy than float32 with three channels.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
-from functools import partial
 from pathlib import Path
 
 import albumentations as A  # noqa: N812
-import cv2
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset
 
 from cxr_lightning.data.cache import CacheSpec, ImageCache, build_image_cache, open_image_cache
@@ -35,16 +31,6 @@ log = logging.getLogger(__name__)
 
 PREFETCH_FACTOR = 4
 """Batches each DataLoader worker loads ahead (PyTorch's default is 2)."""
-
-
-def worker_init(worker_id: int, rank: int = 0) -> None:
-    """A DataLoader worker's start: OpenCV on one thread (the workers are the parallelism; each
-    decoding or augmenting on every core oversubscribes them), then Lightning's seeding of the
-    worker's generators when ``seed_everything(..., workers=True)`` asked for it (Lightning adds
-    its own ``worker_init_fn`` only to a loader that has none)."""
-    cv2.setNumThreads(1)
-    if int(os.environ.get("PL_SEED_WORKERS", 0)):
-        pl_worker_init_function(worker_id, rank=rank)
 
 
 class CachedImageDataset(Dataset):
@@ -199,15 +185,9 @@ class CXRDataModule(pl.LightningDataModule):
                           **self._loader_options())
 
     def _loader_options(self) -> dict:
-        """Options of every loader: workers start from a forkserver with :func:`worker_init` and
-        prefetch :data:`PREFETCH_FACTOR` batches each. Not forked from this process: a child
-        forked after OpenCV's thread pool ran here deadlocks in OpenCV (see
-        :func:`~cxr_lightning.data.cache.build_image_cache`); the dataset pickles its cache as
-        file paths, so a worker maps the shards itself."""
-        workers = {"persistent_workers": True, "prefetch_factor": PREFETCH_FACTOR,
-                   "multiprocessing_context": "forkserver",
-                   "worker_init_fn": partial(worker_init, rank=self.trainer.global_rank
-                                             if self.trainer else 0)}
+        """Options of every loader: with workers, each prefetches :data:`PREFETCH_FACTOR`
+        batches."""
+        workers = {"persistent_workers": True, "prefetch_factor": PREFETCH_FACTOR}
         return {"batch_size": self.batch_size, "num_workers": self.num_workers,
                 "pin_memory": torch.cuda.is_available(), "drop_last": False,
                 **(workers if self.num_workers > 0 else {})}
