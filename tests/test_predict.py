@@ -127,11 +127,13 @@ def test_bad_inputs_are_reported_and_the_batch_completes(tmp_path, mixed_inputs)
         else:
             assert row["error"] == "", (name, row["error"])
             assert 0 <= row["edema_prob"] <= 1 and 0 <= row["effusion_prob"] <= 1
-    # a 16-bit PNG and a grey image stored as RGB are predicted as their 8-bit grey twin
+    # a 16-bit PNG and a grey image stored as RGB are predicted as their 8-bit grey twin (to
+    # float32 rounding: the twins sit in other batches, and channels-last convolutions round
+    # by batch)
     for twin in ("png16", "rgb_grey"):
-        assert rows[twin]["edema_prob"] == pytest.approx(rows["png8"]["edema_prob"], abs=1e-7)
+        assert rows[twin]["edema_prob"] == pytest.approx(rows["png8"]["edema_prob"], abs=1e-6)
         assert rows[twin]["effusion_prob"] == pytest.approx(rows["png8"]["effusion_prob"],
-                                                            abs=1e-7)
+                                                            abs=1e-6)
     # the good ones, by hand
     expected = hand_probabilities("binary", models, normalise_batch(_padded_by_hand(
         mixed_inputs["png8"])))
