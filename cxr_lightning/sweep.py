@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from cxr_lightning.findings import FINDINGS
+from cxr_lightning.job_record import IncompleteResultsError, sweep_jobs
 
 log = logging.getLogger(__name__)
 
@@ -22,20 +22,25 @@ TABLE_METRICS: tuple[str, ...] = (
 
 
 def comparison_table(sweep_dir: Path) -> pd.DataFrame:
-    """One row per completed job under ``sweep_dir`` (its results.json), metrics as columns."""
+    """One row per completed job under ``sweep_dir`` (its results.json), metrics as columns; a
+    results.json that is unreadable or incomplete is left out with a warning naming it."""
     rows = []
-    for path in sorted(Path(sweep_dir).glob("*/results.json")):
-        results = json.loads(path.read_text())
-        rows.append({"job": path.parent.name, "formulation": results["formulation"],
-                     **{k: results["metrics"][k] for k in TABLE_METRICS}})
+    for job in sweep_jobs(sweep_dir):
+        try:
+            results = job.read_results()
+        except IncompleteResultsError as error:
+            log.warning("%s", error)
+            continue
+        if results is not None:
+            rows.append({"job": job.name, "formulation": results["formulation"],
+                         **{k: results["metrics"].get(k) for k in TABLE_METRICS}})
     return pd.DataFrame(rows, columns=["job", "formulation", *TABLE_METRICS])
 
 
 def failed_jobs(sweep_dir: Path) -> pd.DataFrame:
     """One row per job under ``sweep_dir`` that recorded a failure (its failed.json)."""
-    rows = [{"job": path.parent.name, **{k: v for k, v in json.loads(path.read_text()).items()
-                                          if k in ("overrides", "error")}}
-            for path in sorted(Path(sweep_dir).glob("*/failed.json"))]
+    rows = [{"job": job.name, **{k: v for k, v in failure.items() if k in ("overrides", "error")}}
+            for job in sweep_jobs(sweep_dir) if (failure := job.read_failure()) is not None]
     return pd.DataFrame(rows, columns=["job", "overrides", "error"])
 
 

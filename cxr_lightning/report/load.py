@@ -8,10 +8,8 @@ report averages over them.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +19,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from cxr_lightning.job_record import RESULTS_FILE, JobRecord, sweep_jobs
+
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
-REQUIRED_KEYS: tuple[str, ...] = ("formulation", "metrics", "members", "predictions")
 REPLICATE_KEYS: frozenset[str] = frozenset({"seed"})
 """Overrides whose values are replicates of one setting: the report averages over them."""
 BOOKKEEPING_PREFIXES: tuple[str, ...] = ("logger.", "paths.")
@@ -48,25 +46,20 @@ class JobResult:
     """What configured this job: its Hydra overrides (``key -> value``), else its flat config."""
 
 
-def _job_order(path: Path) -> tuple[int, str]:
-    """Sort ``2_x`` before ``10_x``: Hydra's job number first, then the name."""
-    number = re.match(r"\d+", path.parent.name)
-    return (int(number.group()) if number else -1, path.parent.name)
-
-
-def results_files(sweep_dir: Path) -> list[Path]:
-    """The ``*/results.json`` of a sweep directory, in job order; an error naming it if none."""
+def completed_jobs(sweep_dir: Path) -> list[JobRecord]:
+    """The jobs of a sweep directory that wrote results.json, in job order; an error naming the
+    directory if there are none."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"{sweep_dir} is not a directory: pass a multirun directory "
                                 "such as outputs/multiruns/<timestamp>")
-    paths = sorted(sweep_dir.glob(f"*/{RESULTS_FILE}"), key=_job_order)
-    if not paths:
+    jobs = [job for job in sweep_jobs(sweep_dir) if job.results_path.is_file()]
+    if not jobs:
         raise FileNotFoundError(
             f"No job under {sweep_dir} has a {RESULTS_FILE} (expected "
             f"{sweep_dir}/<num>_<formulation>/{RESULTS_FILE}): the sweep has not completed a job, "
             "or this is not a multirun directory")
-    return paths
+    return jobs
 
 
 def hydra_overrides(job_dir: Path) -> dict[str, str] | None:
@@ -86,22 +79,16 @@ def flat_config(config: dict[str, Any]) -> dict[str, str]:
             if not key.startswith(BOOKKEEPING_PREFIXES)}
 
 
-def load_job(path: Path) -> JobResult:
-    """Read one results.json; a clear error naming the file when it is incomplete."""
-    try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}): the job was interrupted while "
-                         "writing it; re-run the job or delete the file") from error
-    missing = [key for key in REQUIRED_KEYS if key not in results]
-    if missing:
-        raise ValueError(f"{path} lacks {missing}: it was written by an older version of "
-                         "cxr_lightning.train; re-run the job")
+def load_job(job: JobRecord) -> JobResult:
+    """Read one job's results.json; a clear error naming the file when it is incomplete."""
+    results = job.read_results()
+    if results is None:
+        raise FileNotFoundError(f"{job.results_path} does not exist: the job has not completed")
     config = results.get("config") or {}
-    overrides = hydra_overrides(path.parent)
+    overrides = hydra_overrides(job.directory)
     return JobResult(
-        name=path.parent.name,
-        path=path,
+        name=job.name,
+        path=job.results_path,
         formulation=results["formulation"],
         metrics=results["metrics"],
         members=results["members"],
@@ -113,8 +100,8 @@ def load_job(path: Path) -> JobResult:
 
 def load_sweep(sweep_dir: Path) -> list[JobResult]:
     """Every completed job of a sweep directory, in job order."""
-    paths = results_files(sweep_dir)
-    jobs = [load_job(p) for p in tqdm(paths, desc=f"Reading {Path(sweep_dir).name}", unit="job")]
+    records = completed_jobs(sweep_dir)
+    jobs = [load_job(r) for r in tqdm(records, desc=f"Reading {Path(sweep_dir).name}", unit="job")]
     log.info("Read %d jobs from %s", len(jobs), sweep_dir)
     return jobs
 

@@ -1,0 +1,63 @@
+"""JobRecord: one owner of a job directory's files and one rule for "complete"."""
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from cxr_lightning.job_record import (
+    IncompleteResultsError,
+    JobRecord,
+    sweep_jobs,
+)
+
+COMPLETE = {"formulation": "binary", "metrics": {}, "members": [], "predictions": []}
+
+
+def test_results_are_none_until_written_then_read_back(tmp_path):
+    record = JobRecord(tmp_path)
+    assert record.read_results() is None
+    record.write_results(COMPLETE)
+    assert record.read_results() == COMPLETE
+    assert not list(tmp_path.glob("*.partial"))  # written through a rename
+
+
+def test_incomplete_results_are_refused_on_write_and_named_on_read(tmp_path):
+    record = JobRecord(tmp_path)
+    with pytest.raises(ValueError, match="predictions"):
+        record.write_results({k: v for k, v in COMPLETE.items() if k != "predictions"})
+    assert not record.results_path.exists()
+    record.results_path.write_text(json.dumps({"formulation": "binary"}))
+    with pytest.raises(IncompleteResultsError, match=r"results.json lacks \['metrics'"):
+        record.read_results()
+    record.results_path.write_text('{"formulation": ')
+    with pytest.raises(IncompleteResultsError, match="not valid JSON"):
+        record.read_results()
+
+
+def test_a_failure_is_recorded_with_its_traceback_and_cleared_by_a_new_start(tmp_path):
+    record = JobRecord(tmp_path)
+    try:
+        raise RuntimeError("diverged")
+    except RuntimeError as error:
+        record.record_failure(["model.lr=-1"], error)
+    failure = record.read_failure()
+    assert failure["overrides"] == ["model.lr=-1"]
+    assert failure["error"] == "RuntimeError: diverged"
+    assert 'raise RuntimeError("diverged")' in failure["traceback"]
+    record.start(OmegaConf.create({"seed": 1}))
+    assert record.read_failure() is None
+    assert (tmp_path / "config_resolved.yaml").read_text() == "seed: 1\n"
+    assert record.holds_only_start_files()
+    (tmp_path / "checkpoints").mkdir()
+    assert not record.holds_only_start_files()
+
+
+def test_sweep_jobs_are_the_finished_ones_in_hydra_job_order(tmp_path):
+    for name in ("10_binary", "2_multiclass", "1_multilabel", "3_running"):
+        (tmp_path / name).mkdir()
+    JobRecord(tmp_path / "10_binary").write_results(COMPLETE)
+    JobRecord(tmp_path / "2_multiclass").write_results(COMPLETE)
+    (tmp_path / "1_multilabel" / "failed.json").write_text("{}")
+    assert [job.name for job in sweep_jobs(tmp_path)] == [
+        "1_multilabel", "2_multiclass", "10_binary"]
