@@ -10,7 +10,7 @@ from cxr_lightning.evaluation.bootstrap import (
     percentile_interval,
     resampled_sums,
 )
-from cxr_lightning.evaluation.evaluate import stage_metrics
+from cxr_lightning.evaluation.evaluate import subset_metrics
 from cxr_lightning.evaluation.resampled import rank_metrics
 
 AT_HALF = {"edema": {"0.5": 0.5}, "effusion": {"0.5": 0.5}}
@@ -86,7 +86,7 @@ def test_stage_metrics_intervals_widen_when_images_cluster_within_patients():
     clustered = table.assign(subject_id=np.repeat(np.arange(60), 20))
     widths = {}
     for name, frame in (("independent", table), ("clustered", clustered)):
-        metrics = stage_metrics(frame, "test", AT_HALF, n_bootstrap=500, seed=1)
+        metrics = subset_metrics(frame, "test", AT_HALF, n_bootstrap=500, seed=1)
         widths[name] = [metrics[f"test/{m}/edema_ci_high"] - metrics[f"test/{m}/edema_ci_low"]
                         for m in ("acc", "auroc")]
     for independent, clustered_width in zip(widths["independent"], widths["clustered"],

@@ -10,7 +10,7 @@ from cxr_lightning.evaluation.evaluate import evaluate_predictions
 from cxr_lightning.evaluation.subgroups import (
     concordant_mask,
     discordant_mask,
-    stage_masks,
+    subset_masks,
     view_key,
 )
 
@@ -25,7 +25,7 @@ def test_subset_membership_by_hand():
     })
     assert discordant_mask(table).tolist() == [True, True, False, False, False, False, True]
     assert concordant_mask(table).tolist() == [False, False, True, True, False, False, False]
-    masks = stage_masks(table, "test")
+    masks = subset_masks(table, "test")
     assert set(masks) == {"test", "test_discordant", "test_concordant", "test_view_AP",
                           "test_view_PA", "test_view_LATERAL", "test_view_ap_axial"}
     assert masks["test_view_AP"].tolist() == [True, False, True, False, False, True, False]

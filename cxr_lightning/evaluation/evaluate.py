@@ -2,18 +2,18 @@
 
 Key scheme of the returned flat dict (also results.json ``metrics`` and the W&B summary):
 
-- ``{stage}/{metric}/{finding}``, with ``stage`` one of ``test``, ``test_discordant``,
+- ``{subset}/{metric}/{finding}``, with ``subset`` one of ``test``, ``test_discordant``,
   ``test_concordant``, ``test_view_{VIEW}`` (:mod:`cxr_lightning.evaluation.subgroups`) and
   ``val`` (point estimates at 0.5 only: the operating points are chosen there);
 - ``metric``: ``n``, ``n_pos``, ``auroc``, ``auprc``, ``brier``, ``ece``, and at each operating
   point ``acc``, ``sens``, ``spec``, ``ppv``, ``npv``, ``confusion`` ([[TN, FP], [FN, TP]]),
   without suffix at 0.5, with ``_youden`` and ``_sens90`` at the thresholds chosen on
   validation (:mod:`cxr_lightning.evaluation.thresholds`);
-- 95% CIs of every scalar metric except the counts: ``{stage}/{metric}/{finding}_ci_low`` and
+- 95% CIs of every scalar metric except the counts: ``{subset}/{metric}/{finding}_ci_low`` and
   ``_ci_high`` (patient-level cluster bootstrap, percentile);
-- ``{stage}/auroc/mean`` (mean over findings, with CI), ``{stage}/joint_acc/all`` (fraction of
+- ``{subset}/auroc/mean`` (mean over findings, with CI), ``{subset}/joint_acc/all`` (fraction of
   images with both labels known whose predicted pair at 0.5 equals the truth, with CI) and
-  ``{stage}/n/all`` (those images);
+  ``{subset}/n/all`` (those images);
 - ``val/threshold_youden/{finding}``, ``val/threshold_sens90/{finding}``: the chosen thresholds.
 
 Undefined values (a subset without positives has no AUROC) are ``None``.
@@ -48,7 +48,7 @@ from cxr_lightning.evaluation.metrics import (
     probability_column,
 )
 from cxr_lightning.evaluation.resampled import additive_metrics, rank_metrics, resampled_accuracy
-from cxr_lightning.evaluation.subgroups import both_labels_known, stage_masks
+from cxr_lightning.evaluation.subgroups import both_labels_known, subset_masks
 from cxr_lightning.evaluation.thresholds import TARGET_SENSITIVITY, operating_thresholds
 from cxr_lightning.findings import FINDINGS
 
@@ -63,13 +63,13 @@ def _add_interval(metrics: Metrics, key: str, replicates: np.ndarray, level: flo
     metrics[f"{key}_ci_low"], metrics[f"{key}_ci_high"] = float(low), float(high)
 
 
-def _finding_metrics(table: pd.DataFrame, stage: str, finding: str,
+def _finding_metrics(table: pd.DataFrame, subset: str, finding: str,
                      thresholds: Mapping[str, float], bootstrap: ClusterBootstrap | None,
                      level: float, n_bins: int, undefined: dict[str, float]
                      ) -> tuple[Metrics, np.ndarray | None]:
-    """One finding's metrics on one stage, and its AUROC replicates (None without bootstrap)."""
+    """One finding's metrics on one subset, and its AUROC replicates (None without bootstrap)."""
     target, probability = known_labels(table, finding)
-    metrics: Metrics = {f"{stage}/{name}/{finding}": value for name, value in
+    metrics: Metrics = {f"{subset}/{name}/{finding}": value for name, value in
                         point_metrics(target, probability, thresholds, n_bins).items()}
     if bootstrap is None or len(target) == 0:
         return metrics, None
@@ -77,11 +77,11 @@ def _finding_metrics(table: pd.DataFrame, stage: str, finding: str,
     replicates = {**rank_metrics(labelled, target, probability),
                   **additive_metrics(labelled, target, probability, thresholds, n_bins)}
     for name, values in replicates.items():
-        _add_interval(metrics, f"{stage}/{name}/{finding}", values, level, undefined)
+        _add_interval(metrics, f"{subset}/{name}/{finding}", values, level, undefined)
     return metrics, replicates["auroc"]
 
 
-def _joint_accuracy(table: pd.DataFrame, stage: str, bootstrap: ClusterBootstrap | None,
+def _joint_accuracy(table: pd.DataFrame, subset: str, bootstrap: ClusterBootstrap | None,
                     level: float, undefined: dict[str, float]) -> Metrics:
     """Exact-match accuracy of the (edema, effusion) pair at 0.5 on images with both labels."""
     both = both_labels_known(table).to_numpy()
@@ -91,8 +91,8 @@ def _joint_accuracy(table: pd.DataFrame, stage: str, bootstrap: ClusterBootstrap
     probabilities = torch.tensor(
         table.loc[both, [probability_column(f) for f in FINDINGS]].to_numpy(),
         dtype=torch.float64)
-    key = f"{stage}/joint_acc/all"
-    metrics: Metrics = {f"{stage}/n/all": int(both.sum()), key: float(multilabel_exact_match(
+    key = f"{subset}/joint_acc/all"
+    metrics: Metrics = {f"{subset}/n/all": int(both.sum()), key: float(multilabel_exact_match(
         probabilities, labels, num_labels=len(FINDINGS), threshold=THRESHOLD))}
     if bootstrap is not None:
         correct = ((probabilities > THRESHOLD) == (labels == 1)).all(dim=1).numpy()
@@ -101,14 +101,14 @@ def _joint_accuracy(table: pd.DataFrame, stage: str, bootstrap: ClusterBootstrap
     return metrics
 
 
-def stage_metrics(table: pd.DataFrame, stage: str,
+def subset_metrics(table: pd.DataFrame, subset: str,
                   thresholds: Mapping[str, Mapping[str, float]], *,
                   n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, level: float = CI_LEVEL,
                   n_bins: int = N_CALIBRATION_BINS) -> Metrics:
-    """Every metric of one set of images (keys ``{stage}/...``), with bootstrap CIs unless
+    """Every metric of one set of images (keys ``{subset}/...``), with bootstrap CIs unless
     ``n_bootstrap`` is 0. ``thresholds``: per finding, operating point name -> threshold."""
     if n_bootstrap and "subject_id" not in table.columns:
-        raise ValueError(f"{stage} predictions lack subject_id: the patient-level bootstrap "
+        raise ValueError(f"{subset} predictions lack subject_id: the patient-level bootstrap "
                          "needs each image's patient (results.json predictions hold it)")
     bootstrap = (cluster_bootstrap(table["subject_id"], n_bootstrap, seed)
                  if n_bootstrap else None)
@@ -116,18 +116,18 @@ def stage_metrics(table: pd.DataFrame, stage: str,
     auroc_replicates = []
     undefined: dict[str, float] = {}
     for finding in FINDINGS:
-        values, replicates = _finding_metrics(table, stage, finding, thresholds[finding],
+        values, replicates = _finding_metrics(table, subset, finding, thresholds[finding],
                                               bootstrap, level, n_bins, undefined)
         metrics.update(values)
         auroc_replicates.append(replicates)
-    metrics[f"{stage}/auroc/mean"] = mean_auroc(metrics, stage)
+    metrics[f"{subset}/auroc/mean"] = mean_auroc(metrics, subset)
     if all(r is not None for r in auroc_replicates):
-        _add_interval(metrics, f"{stage}/auroc/mean", np.mean(auroc_replicates, axis=0), level,
+        _add_interval(metrics, f"{subset}/auroc/mean", np.mean(auroc_replicates, axis=0), level,
                       undefined)
-    metrics.update(_joint_accuracy(table, stage, bootstrap, level, undefined))
+    metrics.update(_joint_accuracy(table, subset, bootstrap, level, undefined))
     if undefined:
         log.warning("%s: %d metrics are undefined in some bootstrap resamples (no positives, "
-                    "negatives or positive calls drawn); their CIs use the others: %s", stage,
+                    "negatives or positive calls drawn); their CIs use the others: %s", subset,
                     len(undefined), ", ".join(f"{k.split('/', 1)[1]} {100 * v:.0f}%"
                                               for k, v in undefined.items()))
     return metrics
@@ -151,15 +151,15 @@ def evaluate_predictions(test: pd.DataFrame, val: pd.DataFrame | None = None, *,
     ``n_bootstrap`` times, seeded by ``seed``."""
     if thresholds is None:
         thresholds = operating_thresholds(val, target_sensitivity)
-    masks = stage_masks(test, "test")
+    masks = subset_masks(test, "test")
     metrics: Metrics = {}
-    for stage, mask in tqdm(masks.items(), desc="Evaluating (bootstrap CIs)", unit="subset",
+    for subset, mask in tqdm(masks.items(), desc="Evaluating (bootstrap CIs)", unit="subset",
                             disable=None):
-        metrics.update(stage_metrics(test[mask], stage, thresholds, n_bootstrap=n_bootstrap,
+        metrics.update(subset_metrics(test[mask], subset, thresholds, n_bootstrap=n_bootstrap,
                                      seed=seed, level=level))
     if val is not None:
         at_half = {f: {DEFAULT_OPERATING_POINT: THRESHOLD} for f in FINDINGS}
-        metrics.update(stage_metrics(val, "val", at_half, n_bootstrap=0))
+        metrics.update(subset_metrics(val, "val", at_half, n_bootstrap=0))
     for finding, chosen in thresholds.items():
         for name, threshold in chosen.items():
             if name != DEFAULT_OPERATING_POINT:

@@ -115,19 +115,19 @@ def point_metrics(target: np.ndarray, probability: np.ndarray,
     return metrics
 
 
-def mean_auroc(metrics: Mapping[str, object], stage: str) -> float:
-    """``{stage}/auroc/mean``: the mean of the findings' defined ``{stage}/auroc/{finding}``
+def mean_auroc(metrics: Mapping[str, object], subset: str) -> float:
+    """``{subset}/auroc/mean``: the mean of the findings' defined ``{subset}/auroc/{finding}``
     (NaN when none is), with one warning naming the undefined ones."""
-    mean, undefined = mean_of_defined({f: metrics[f"{stage}/auroc/{f}"] for f in FINDINGS})
+    mean, undefined = mean_of_defined({f: metrics[f"{subset}/auroc/{f}"] for f in FINDINGS})
     if undefined:
         log.warning("%s/auroc is undefined for %s (one class in the %s labels); %s/auroc/mean "
                     "is the mean over the other findings (NaN when none is left)",
-                    stage, ", ".join(undefined), stage, stage)
+                    subset, ", ".join(undefined), subset, subset)
     return mean
 
 
-def finding_metrics(predictions: pd.DataFrame, stage: str = "test") -> dict[str, float | list]:
-    """Accuracy at 0.5, AUROC and the confusion matrix per finding, keyed ``{stage}/{metric}/{f}``.
+def finding_metrics(predictions: pd.DataFrame, subset: str = "test") -> dict[str, float | list]:
+    """Accuracy at 0.5, AUROC and the confusion matrix per finding, keyed ``{subset}/{metric}/{f}``.
 
     ``predictions`` has one row per image with the label column ``{finding}`` (0/1, NaN when
     masked) and ``{finding}_prob``; a probability above 0.5 is a positive call (torchmetrics'
@@ -139,6 +139,6 @@ def finding_metrics(predictions: pd.DataFrame, stage: str = "test") -> dict[str,
     for finding in FINDINGS:
         values = point_metrics(*known_labels(predictions, finding))
         for name in ("n", "acc", "auroc", "confusion"):
-            metrics[f"{stage}/{name}/{finding}"] = values[name]
-    metrics[f"{stage}/auroc/mean"] = mean_auroc(metrics, stage)
+            metrics[f"{subset}/{name}/{finding}"] = values[name]
+    metrics[f"{subset}/auroc/mean"] = mean_auroc(metrics, subset)
     return metrics

@@ -1,10 +1,10 @@
 """Subsets of a predictions table that every metric is also reported on.
 
-- ``{stage}``: every image;
-- ``{stage}_discordant``: both labels known and exactly one finding present, (0,1) or (1,0):
+- ``{subset}``: every image;
+- ``{subset}_discordant``: both labels known and exactly one finding present, (0,1) or (1,0):
   the cases the study's hypothesis is about;
-- ``{stage}_concordant``: both labels known and equal, (0,0) or (1,1);
-- ``{stage}_view_{VIEW}``: one view position (``AP``, ``PA``, and any other view present; the
+- ``{subset}_concordant``: both labels known and equal, (0,0) or (1,1);
+- ``{subset}_view_{VIEW}``: one view position (``AP``, ``PA``, and any other view present; the
   view's characters other than letters and digits become ``_``).
 
 Images without a view are in no view subset. Empty subsets are left out.
@@ -40,19 +40,19 @@ def concordant_mask(table: pd.DataFrame) -> pd.Series:
 
 
 def view_key(view: str) -> str:
-    """A view position as it appears in a stage name (``AP``; ``LATERAL``; ``AP_AXIAL``)."""
+    """A view position as it appears in a subset name (``AP``; ``LATERAL``; ``AP_AXIAL``)."""
     return re.sub(r"[^A-Za-z0-9]+", "_", str(view)).strip("_")
 
 
-def stage_masks(table: pd.DataFrame, stage: str = "test") -> dict[str, pd.Series]:
+def subset_masks(table: pd.DataFrame, subset: str = "test") -> dict[str, pd.Series]:
     """Stage name -> boolean row mask of ``table`` for the whole set and each subset."""
     masks = {
-        stage: pd.Series(True, index=table.index),
-        f"{stage}_{DISCORDANT}": discordant_mask(table),
-        f"{stage}_{CONCORDANT}": concordant_mask(table),
+        subset: pd.Series(True, index=table.index),
+        f"{subset}_{DISCORDANT}": discordant_mask(table),
+        f"{subset}_{CONCORDANT}": concordant_mask(table),
     }
     if "view" in table.columns:
         keys = table["view"].map(view_key, na_action="ignore")
         for key in sorted(keys.dropna().unique()):
-            masks[f"{stage}_view_{key}"] = keys == key
+            masks[f"{subset}_view_{key}"] = keys == key
     return {name: mask for name, mask in masks.items() if mask.any()}

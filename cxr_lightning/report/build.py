@@ -89,8 +89,8 @@ def compile_report(sweep_dir: Path, n_bootstrap: int = N_BOOTSTRAP) -> SweepRepo
         varying=distinguishing_keys(jobs),
         jobs=jobs_frame,
         table3=table3,
-        discordant=tables.formulation_table(tables.jobs_table(jobs, tables.DISCORDANT_STAGE),
-                                            tables.DISCORDANT_STAGE),
+        discordant=tables.formulation_table(tables.jobs_table(jobs, tables.DISCORDANT_SUBSET),
+                                            tables.DISCORDANT_SUBSET),
         comparisons=comparisons,
         stage_rows=stage_rows,
         table1=tables.stage_table(stage_rows) if len(stage_rows) else pd.DataFrame(),
@@ -148,12 +148,12 @@ def table1_section(report: SweepReport) -> str:
 
 def discordant_section(report: SweepReport) -> str:
     """Table 3 on the discordant test images, or why it is unavailable for this sweep."""
-    keys = list(tables.table3_keys(tables.DISCORDANT_STAGE))
+    keys = list(tables.table3_keys(tables.DISCORDANT_SUBSET))
     if report.discordant[keys].isna().all().all():
         return (f"Unavailable for this sweep: no job's metrics hold "
-                f"`{tables.DISCORDANT_STAGE}/...` keys (results.json written before subsets "
+                f"`{tables.DISCORDANT_SUBSET}/...` keys (results.json written before subsets "
                 "were evaluated).")
-    return markdown.table3_markdown(report.discordant, tables.DISCORDANT_STAGE)
+    return markdown.table3_markdown(report.discordant, tables.DISCORDANT_SUBSET)
 
 
 def comparison_section(report: SweepReport) -> str:

@@ -15,8 +15,8 @@ METRIC_NAMES = {"acc": "accuracy", "auroc": "AUROC"}
 
 def metric_header(key: str) -> str:
     """``test/acc/edema`` -> ``test edema accuracy``; ``val/auroc/mean`` -> ``val mean AUROC``."""
-    stage, metric, finding = key.split("/")
-    return f"{stage} {finding} {METRIC_NAMES.get(metric, metric)}"
+    subset, metric, finding = key.split("/")
+    return f"{subset} {finding} {METRIC_NAMES.get(metric, metric)}"
 
 
 def estimate(row: pd.Series, key: str) -> str:
@@ -66,8 +66,8 @@ def stage_metric_keys(frame: pd.DataFrame) -> list[str]:
     order = {name: i for i, name in enumerate(("mean", *FINDINGS))}
 
     def position(key: str) -> tuple:
-        stage, metric, finding = key.split("/")
-        return stage != "val", metric != "auroc", metric, order.get(finding, len(order))
+        subset, metric, finding = key.split("/")
+        return subset != "val", metric != "auroc", metric, order.get(finding, len(order))
 
     return sorted(keys, key=position)
 

@@ -19,7 +19,7 @@ from cxr_lightning.report.load import JobResult, describe_jobs
 log = logging.getLogger(__name__)
 
 CI_SUFFIXES: tuple[str, str] = ("_ci_low", "_ci_high")
-DISCORDANT_STAGE = "test_discordant"
+DISCORDANT_SUBSET = "test_discordant"
 """Test images with both labels known and exactly one finding present (evaluation.subgroups)."""
 TRAINING_METRICS: tuple[str, ...] = ("train/epochs", "train/epoch_time_s", "train/total_time_s")
 STAGE_COLUMNS: tuple[str, ...] = ("stage", "start_epoch", "blocks", "epochs", "best_epoch")
@@ -27,10 +27,10 @@ CONSISTENCY_TOLERANCE = 1e-5
 """Stored metrics are float32; recomputed ones float64."""
 
 
-def table3_keys(stage: str = "test") -> tuple[str, ...]:
-    """Table 3's metric keys of one stage (``test``, ``test_discordant``): accuracy at 0.5 and
+def table3_keys(subset: str = "test") -> tuple[str, ...]:
+    """Table 3's metric keys of one subset (``test``, ``test_discordant``): accuracy at 0.5 and
     AUROC per finding."""
-    return tuple(f"{stage}/{m}/{f}" for m in ("acc", "auroc") for f in FINDINGS)
+    return tuple(f"{subset}/{m}/{f}" for m in ("acc", "auroc") for f in FINDINGS)
 
 
 def with_ci(metrics: dict, keys: tuple[str, ...]) -> dict[str, float]:
@@ -45,10 +45,10 @@ def with_ci(metrics: dict, keys: tuple[str, ...]) -> dict[str, float]:
     return values
 
 
-def jobs_table(jobs: list[JobResult], stage: str = "test") -> pd.DataFrame:
-    """One row per job: its setting and overrides, Table 3 metrics of ``stage`` (+ CIs) and
+def jobs_table(jobs: list[JobResult], subset: str = "test") -> pd.DataFrame:
+    """One row per job: its setting and overrides, Table 3 metrics of ``subset`` (+ CIs) and
     training time."""
-    metrics = pd.DataFrame([with_ci(job.metrics, table3_keys(stage) + TRAINING_METRICS)
+    metrics = pd.DataFrame([with_ci(job.metrics, table3_keys(subset) + TRAINING_METRICS)
                             for job in jobs])
     return pd.concat([describe_jobs(jobs), metrics], axis=1)
 
@@ -67,10 +67,10 @@ def summarise(rows: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataF
     return pd.concat(parts, axis=1).reset_index()
 
 
-def formulation_table(jobs_frame: pd.DataFrame, stage: str = "test") -> pd.DataFrame:
-    """Table 3: accuracy and AUROC of ``stage`` per finding for each setting (mean over its
-    runs), from a :func:`jobs_table` of the same stage."""
-    return summarise(jobs_frame, ["setting", "formulation"], list(table3_keys(stage)))
+def formulation_table(jobs_frame: pd.DataFrame, subset: str = "test") -> pd.DataFrame:
+    """Table 3: accuracy and AUROC of ``subset`` per finding for each setting (mean over its
+    runs), from a :func:`jobs_table` of the same subset."""
+    return summarise(jobs_frame, ["setting", "formulation"], list(table3_keys(subset)))
 
 
 def stage_rows(jobs: list[JobResult]) -> tuple[pd.DataFrame, list[str]]:
@@ -105,7 +105,7 @@ def confusion_counts(jobs: list[JobResult]) -> pd.DataFrame:
     settings = describe_jobs(jobs).set_index("job")["setting"]
     rows = []
     for job in jobs:
-        metrics = finding_metrics(job.predictions, stage="test")
+        metrics = finding_metrics(job.predictions, subset="test")
         for finding in FINDINGS:
             (tn, fp), (fn, tp) = metrics[f"test/confusion/{finding}"]
             rows.append({"job": job.name, "setting": settings[job.name], "finding": finding,
@@ -149,7 +149,7 @@ def consistency_checks(jobs: list[JobResult]) -> pd.DataFrame:
     (accuracy, AUROC, confusion matrix, count per finding); empty when every job agrees."""
     rows = []
     for job in jobs:
-        for key, recomputed in finding_metrics(job.predictions, stage="test").items():
+        for key, recomputed in finding_metrics(job.predictions, subset="test").items():
             if key not in job.metrics or _agrees(job.metrics[key], recomputed):
                 continue
             rows.append({"job": job.name, "key": key, "stored": job.metrics[key],
