@@ -7,7 +7,6 @@ import logging
 import platform
 from dataclasses import asdict, dataclass, field
 from importlib import import_module
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,10 +15,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cxr_lightning.data.manifest import CohortReport
-from cxr_lightning.evaluation.bootstrap import CI_LEVEL, N_BOOTSTRAP
+from cxr_lightning.evaluation.bootstrap import CI_LEVEL
 from cxr_lightning.evaluation.evaluate import evaluate_predictions
 from cxr_lightning.evaluation.metrics import probability_column
-from cxr_lightning.evaluation.thresholds import TARGET_SENSITIVITY, operating_thresholds
+from cxr_lightning.evaluation.thresholds import operating_thresholds
 from cxr_lightning.findings import FINDINGS
 
 log = logging.getLogger(__name__)
@@ -73,13 +72,11 @@ def predictions_table(manifest: pd.DataFrame, members: list[MemberResult],
 
 def evaluation_settings(cfg: DictConfig) -> dict[str, Any]:
     """How the job is evaluated: ``evaluation.n_bootstrap`` and ``evaluation.target_sensitivity``
-    from the config when set (defaults 2000 and 0.9), the bootstrap seeded by ``seed``."""
+    (conf/evaluation), the bootstrap seeded by ``seed``."""
     return {
-        "n_bootstrap": int(OmegaConf.select(cfg, "evaluation.n_bootstrap",
-                                            default=N_BOOTSTRAP)),
-        "target_sensitivity": float(OmegaConf.select(cfg, "evaluation.target_sensitivity",
-                                                     default=TARGET_SENSITIVITY)),
-        "seed": int(OmegaConf.select(cfg, "seed", default=0)),
+        "n_bootstrap": int(cfg.evaluation.n_bootstrap),
+        "target_sensitivity": float(cfg.evaluation.target_sensitivity),
+        "seed": int(cfg.seed),
         "ci_level": CI_LEVEL,
         "ci_method": "patient-level cluster bootstrap (subject_id), percentile interval",
         "decision_rule": "positive when probability > threshold",
@@ -138,16 +135,10 @@ def job_results(cfg: DictConfig, formulation: str, members: list[MemberResult],
     }
 
 
-def write_results(output_dir: Path, results: dict[str, Any]) -> Path:
-    """Write results.json atomically, so its presence means the job completed."""
-    path = output_dir / "results.json"
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(results, indent=2))
-    partial.replace(path)
-    summary = ", ".join(f"{k}={_formatted(results['metrics'][k])}" for k in
-                        (f"test/{m}/{f}" for m in ("auroc", "acc") for f in FINDINGS))
-    log.info("%s: %s -> %s", results["formulation"], summary, path)
-    return path
+def results_summary(results: dict[str, Any]) -> str:
+    """One line of a job's test AUROC and accuracy per finding."""
+    return ", ".join(f"{k}={_formatted(results['metrics'][k])}" for k in
+                     (f"test/{m}/{f}" for m in ("auroc", "acc") for f in FINDINGS))
 
 
 def _formatted(value: float | None) -> str:

@@ -7,8 +7,9 @@ stage, ``epochs``, ``best_epoch``, ``metrics``: ``val/auroc/mean``, ``val/auroc/
 ``test/auroc/{f}``, ``test/acc/{f}`` for the model's findings) and, when asked, 95% CI keys
 ``{key}_ci_low`` / ``{key}_ci_high``; plus the job's ``.hydra/overrides.yaml`` as Hydra writes it.
 
-Real sweep (``tiny_sweep``): the CLI multirun of RULES.md, run once per test session and shared
-by the report and notebook test modules through pytest's base temporary directory.
+Real sweep (``tiny_sweep``): a CI-sized experiment II multirun through the real CLI, run once per
+test session and shared by the report and notebook test modules through pytest's base temporary
+directory.
 """
 
 from __future__ import annotations

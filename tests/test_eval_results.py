@@ -12,7 +12,8 @@ from sklearn.metrics import accuracy_score, confusion_matrix, roc_auc_score
 
 from cxr_lightning.data.manifest import CohortReport
 from cxr_lightning.findings import FINDINGS
-from cxr_lightning.results import MemberResult, job_results, predictions_table, write_results
+from cxr_lightning.job_record import JobRecord
+from cxr_lightning.results import MemberResult, job_results, predictions_table
 
 KEY = re.compile(r"^(test|test_discordant|test_concordant|test_view_[A-Za-z0-9_]+|val)"
                  r"/[a-z0-9_]+/(edema|effusion|mean|all)(_ci_low|_ci_high)?$")
@@ -30,7 +31,8 @@ def results():
                        for s, t in split.items()})
     manifests = {s: t.drop(columns=[f"{f}_prob" for f in FINDINGS]) for s, t in split.items()}
     tables = {s: predictions_table(manifests[s], [member], s) for s in split}
-    cfg = OmegaConf.create({"seed": 5, "evaluation": {"n_bootstrap": 400}})
+    cfg = OmegaConf.create({"seed": 5, "evaluation": {"n_bootstrap": 400,
+                                                      "target_sensitivity": 0.9}})
     return job_results(cfg, "multilabel", [member], tables["test"], tables["val"],
                        CohortReport()), split
 
@@ -55,13 +57,15 @@ def test_every_metric_follows_the_key_scheme_and_json_is_strict(results, tmp_pat
     content, _ = results
     for key in content["metrics"]:
         assert key.startswith("train/") or KEY.match(key), key
-    for stage in ("test", "test_discordant", "test_concordant", "test_view_AP", "test_view_PA"):
-        assert f"{stage}/auroc/effusion_ci_low" in content["metrics"]
-        assert f"{stage}/joint_acc/all_ci_high" in content["metrics"]
+    for subset in ("test", "test_discordant", "test_concordant", "test_view_AP", "test_view_PA"):
+        assert f"{subset}/auroc/effusion_ci_low" in content["metrics"]
+        assert f"{subset}/joint_acc/all_ci_high" in content["metrics"]
     assert "val/auroc/edema" in content["metrics"]
     assert not any(k.startswith("val/") and k.endswith("_ci_low") for k in content["metrics"])
     json.dumps(content, allow_nan=False)  # undefined metrics are null, never NaN
-    assert (tmp_path / "results.json") == write_results(tmp_path, content)
+    content["overrides"] = []
+    assert (tmp_path / "results.json") == JobRecord(tmp_path).write_results(content)
+    assert JobRecord(tmp_path).read_results() == json.loads(json.dumps(content))
 
 
 def test_thresholds_are_stored_as_chosen_on_validation(results):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics.aggregation import SumMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
@@ -35,10 +40,17 @@ class CXRClassifier(pl.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         in_channels: int = 3,
+        optimizer: Callable[..., Optimizer] | None = None,
+        scheduler: Callable[[Optimizer], LRScheduler] | None = None,
     ) -> None:
+        """``optimizer``: a factory called with the trainable parameters, ``lr`` and
+        ``weight_decay`` (default AdamW; config ``model/optimizer``); ``scheduler``: a factory of
+        an epoch-wise scheduler of that optimizer, or none (config ``model/scheduler``)."""
         super().__init__()
-        self.save_hyperparameters(ignore=["formulation"])
+        self.save_hyperparameters(ignore=["formulation", "optimizer", "scheduler"])
         self.formulation = formulation
+        self.optimizer_factory = optimizer or torch.optim.AdamW
+        self.scheduler_factory = scheduler
         self.backbone, num_features = build_backbone(backbone, weights, in_channels)
         # channels-last throughout (cuDNN's and oneDNN's fast convolution layout), whatever
         # is frozen or folded
@@ -130,10 +142,28 @@ class CXRClassifier(pl.LightningModule):
         if self.device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
             torch.backends.cudnn.benchmark = True
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """AdamW over the trainable parameters: the fused kernel on CUDA, else the multi-tensor
-        (``foreach``) one."""
+    def configure_optimizers(self) -> Optimizer | dict[str, Any]:
+        """The configured optimizer (AdamW by default) over the trainable parameters, with its
+        fused kernel on CUDA, else the multi-tensor (``foreach``) one where it has them; the
+        scheduler, when configured, stepped once per epoch."""
         trainable = [p for p in self.parameters() if p.requires_grad]
-        kernel = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
-        return torch.optim.AdamW(trainable, lr=self.hparams.lr,
-                                 weight_decay=self.hparams.weight_decay, **kernel)
+        optimizer = self.optimizer_factory(
+            trainable, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
+            **kernel_options(self.optimizer_factory, self.device.type))
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
+                                 "interval": "epoch"}}
+
+
+def kernel_options(factory: Callable[..., Optimizer], device_type: str) -> dict[str, bool]:
+    """``fused=True`` on CUDA, else ``foreach=True``, where the optimizer class accepts it and
+    the config did not choose already."""
+    if {"fused", "foreach"} & set(getattr(factory, "keywords", {})):
+        return {}
+    accepted = inspect.signature(getattr(factory, "func", factory)).parameters
+    for option in (("fused",) if device_type == "cuda" else ()) + ("foreach",):
+        if option in accepted:
+            return {option: True}
+    return {}
