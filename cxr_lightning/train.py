@@ -42,6 +42,7 @@ from cxr_lightning import preset, resolvers  # noqa: F401  (registers the config
 from cxr_lightning.callbacks.resume_state import ResumeState
 from cxr_lightning.callbacks.stage_best import StageBest
 from cxr_lightning.callbacks.timing import EpochTimer
+from cxr_lightning.console import quiet_console
 from cxr_lightning.data.cohort import cohort_summary
 from cxr_lightning.data.datamodule import CXRDataModule
 from cxr_lightning.errors import EXIT_USER_ERROR, UserError, debugging
@@ -336,6 +337,7 @@ def save_model(path: Path, cfg: DictConfig, plan: FormulationPlan, members: list
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
     """Hydra entry point (one job of a run or multirun)."""
+    quiet_console()  # after Hydra has configured the job's logging
     return run_job(cfg)
 
 
