@@ -13,20 +13,20 @@ from pathlib import Path
 import pytest
 
 from cxr_lightning import predict
-from cxr_lightning.console import MessageFilter, LIGHTNING_CHATTER, quiet_console, summarised
+from cxr_lightning.console import LIGHTNING_CHATTER, MessageFilter, quiet_console, summarised
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_summarised_counts_matching_records_and_says_so_once(caplog):
     logger = logging.getLogger("test_console.summarised")
-    with caplog.at_level(logging.INFO, logger=logger.name):
-        with summarised(logger.name, "is constant", "{count} constant maps, e.g. {examples}",
-                        examples=2) as counted:
-            for name in "abcde":
-                logger.warning("%s.png: the map is constant", name)
-            logger.info("unrelated one")
-            logger.warning("unrelated two")
+    with (caplog.at_level(logging.INFO, logger=logger.name),
+          summarised(logger.name, "is constant", "{count} constant maps, e.g. {examples}",
+                     examples=2) as counted):
+        for name in "abcde":
+            logger.warning("%s.png: the map is constant", name)
+        logger.info("unrelated one")
+        logger.warning("unrelated two")
     messages = [r.getMessage() for r in caplog.records]
     # 5 matching records (counted, not shown), 2 others shown, 1 summary
     assert messages == ["unrelated one", "unrelated two",
@@ -64,7 +64,8 @@ def test_third_party_deprecation_is_filtered_and_others_are_not():
         warnings.simplefilter("always")
         quiet_console()
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, "
-                      "TreeSpec) and treespec.is_leaf()` instead.", DeprecationWarning, stacklevel=1)
+                      "TreeSpec) and treespec.is_leaf()` instead.", DeprecationWarning,
+                      stacklevel=1)
         warnings.warn("something else is deprecated", DeprecationWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["something else is deprecated"]
 

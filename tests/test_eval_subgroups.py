@@ -79,5 +79,6 @@ def test_joint_accuracy_counts_images_whose_predicted_pair_is_exactly_right(capl
         assert metrics[key] is None, key
     # with 6 images many resamples lack a class: said once for the whole evaluation, naming
     # the subsets, not silently and not once per subset
-    said = [r.getMessage() for r in caplog.records if "undefined in some bootstrap" in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records
+            if "undefined in some bootstrap" in r.getMessage()]
     assert len(said) == 1 and "test_view_PA" in said[0]
