@@ -101,3 +101,31 @@ def test_help_shows_defaults(capsys):
     assert "--batch-size N images per forward pass (default: 16)" in out
     assert "--ckpt PATH the model: a job's model.pt (or a multilabel/multiclass .ckpt)" \
            " --inputs" in out  # required: no default shown
+
+
+FILTERED = re.compile(r"💡 Tip|[GT]PU available: |Seed set to|LeafSpec|anonymous setting|v_num"
+                      r"|Restoring states from|Loaded model weights")
+# The warning lines a short sample run may print, each actionable: the bootstrap summary (once
+# per job) and Lightning's log_every_n_steps hint (a sample this small has 2 batches an epoch).
+ALLOWED_WARNINGS = re.compile(r"\]\[WARNING\] - Bootstrap CIs: |fit_loop\.py:\d+: The number of "
+                              r"training batches")
+
+
+@pytest.mark.slow
+def test_a_short_training_prints_no_noise(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MIMIC_CXR"))}
+    env["PYTHONPATH"] = str(PROJECT_ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "cxr_lightning.train", "formulation=binary",
+         "data.sample.n_subjects=40", "data.image_size=32", "trainer.max_epochs=2",
+         "unfreeze.interval=1", "unfreeze.max_blocks=1", f"paths.root_dir={tmp_path}"],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = (done.stdout + done.stderr).replace("\r", "\n").splitlines()
+    assert [line for line in lines if FILTERED.search(line)] == []
+    warned = [line for line in lines if re.search(r"warn|/site-packages/.*\.py:\d+: ", line, re.I)]
+    assert [line for line in warned if not ALLOWED_WARNINGS.search(line)] == []
+    assert sum("Bootstrap CIs: " in line for line in warned) == 1  # one job, one summary
+    # stage changes are whole log lines of their own, never glued to a progress bar
+    stages = [line for line in lines if "unfreezing stage 1/1 unfroze" in line]
+    assert len(stages) == 2 and all(line.startswith("[20") for line in stages), stages
