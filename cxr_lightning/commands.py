@@ -4,12 +4,14 @@ through :func:`cxr_lightning.errors.run_command` (user errors as one line, exit 
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import re
 import sys
+from collections.abc import Sequence
 
-from cxr_lightning.errors import run_command
+from cxr_lightning.errors import BadValueError, run_command
 
 
 def _run(module: str) -> int:
@@ -53,5 +55,33 @@ def program_name(module: str) -> str:
 
 
 def plain(text: str) -> str:
-    """A docstring's text for ``--help``: reST roles and literal markup removed."""
-    return re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
+    """A docstring's text for ``--help``: reST roles, literal and bold markup removed."""
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "").replace("**", "")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` with the description's line breaks kept and each option's default shown
+    (unless it is required, a switch, or has none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.default not in (None, False, argparse.SUPPRESS) and not action.required
+                and "%(default)" not in text):
+            text += " (default: %(default)s)"
+        return text
+
+
+def command_parser(module: str, doc: str) -> argparse.ArgumentParser:
+    """The argument parser of ``module``'s command: its program name as typed, the module
+    docstring ``doc`` (without reST markup) as description, :class:`HelpFormatter`."""
+    return argparse.ArgumentParser(prog=program_name(module), description=plain(doc),
+                                   formatter_class=HelpFormatter)
+
+
+def refuse_key_value(argv: Sequence[str], keys: Sequence[str]) -> None:
+    """The command once took ``key=value`` arguments: say how to write one as a flag now."""
+    for arg in argv:
+        key, equals, value = arg.partition("=")
+        if equals and key in keys and not os.path.lexists(arg):
+            raise BadValueError(f"{arg}: options are flags now, e.g. "
+                                f"--{key.replace('_', '-')} {value} (see --help)")

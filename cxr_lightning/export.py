@@ -1,10 +1,7 @@
-"""Export a trained model to ONNX and TorchScript: ``python -m cxr_lightning.export``.
+"""Export a trained model to ONNX and TorchScript: ``cxr-export``
+(``python -m cxr_lightning.export``).
 
-Usage::
-
-    python -m cxr_lightning.export ckpt=PATH [out=DIR] [opset=18] [formats=[onnx,torchscript]]
-
-Writes into ``out`` (default ``export``):
+Writes into ``--out``:
 
 * ``model.onnx`` (ONNX opset >= 17; default 18, through ``torch.onnx.export(dynamo=True)``,
   the torch.export-based exporter, which needs the ``onnx`` and ``onnxscript`` packages:
@@ -24,41 +21,30 @@ marginals). Labels: probability > ``thresholds[finding]`` from export.json.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from omegaconf import MISSING
 
+from cxr_lightning.commands import command_parser, refuse_key_value
+from cxr_lightning.console import quiet_console
 from cxr_lightning.errors import run_command
 from cxr_lightning.findings import FINDINGS
 from cxr_lightning.inference.bundle import ModelBundle, load_model
-from cxr_lightning.inference.cli import parse_arguments
 from cxr_lightning.inference.network import FindingProbabilities
 
 log = logging.getLogger(__name__)
 
-USAGE = "usage:" + (__doc__ or "").split("Usage::", 1)[-1]
 MIN_OPSET = 17
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
 FORMATS = ("onnx", "torchscript")
 EXAMPLE_BATCH = 2  # > 1, so that torch.export does not specialise the batch dimension
-
-
-@dataclass
-class ExportArguments:
-    """The command line of ``python -m cxr_lightning.export`` (module doc)."""
-
-    ckpt: str = MISSING
-    out: str = "export"
-    opset: int = 18
-    formats: list[str] = field(default_factory=lambda: list(FORMATS))
 
 
 def example_input(bundle: ModelBundle) -> torch.Tensor:
@@ -144,10 +130,26 @@ def export_model(bundle: ModelBundle, out_dir: Path, opset: int = 18,
     return written
 
 
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line (``--help`` shows it)."""
+    refuse_key_value(argv, ("ckpt", "out", "opset", "formats"))
+    parser = command_parser("cxr_lightning.export", __doc__ or "")
+    parser.add_argument("--ckpt", required=True, metavar="PATH",
+                        help="the model: a job's model.pt (or a multilabel/multiclass .ckpt)")
+    parser.add_argument("--out", default="export", metavar="DIR", help="output folder")
+    parser.add_argument("--opset", type=int, default=18, metavar="N",
+                        help=f"ONNX opset (>= {MIN_OPSET})")
+    parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS),
+                        help="what to write")
+    parser.add_argument("--log-level", default="INFO", help="logging level")
+    return parser.parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Run the CLI; returns the written paths by format."""
-    args = parse_arguments(ExportArguments, sys.argv[1:] if argv is None else argv, USAGE)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    quiet_console()
     for chatty in ("onnx_ir", "onnxscript"):  # one INFO line per graph optimisation pass
         logging.getLogger(chatty).setLevel(logging.WARNING)
     return export_model(load_model(args.ckpt), Path(args.out), args.opset, args.formats)

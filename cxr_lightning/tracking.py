@@ -41,7 +41,7 @@ def member_loggers(cfg: DictConfig, output_dir: Path, member: str, prefix: str) 
     wandb_cfg = cfg.logger.wandb
     if wandb_cfg.enabled:
         disable_wandb_telemetry()
-        loggers.append(WandbLogger(
+        loggers.append(JobWandbLogger(
             experiment=wandb.run,  # binary's second model joins the job's run (None: a new run)
             entity=wandb_cfg.entity,
             notes=wandb_cfg.notes,
@@ -58,6 +58,15 @@ def member_loggers(cfg: DictConfig, output_dir: Path, member: str, prefix: str) 
             settings=wandb.Settings(console="off", save_code=False),
         ))
     return loggers
+
+
+class JobWandbLogger(WandbLogger):
+    """:class:`WandbLogger` that leaves out ``anonymous``: Lightning passes it to ``wandb.init``
+    always (``None`` when not asked for), and wandb warns that the setting has no effect."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._wandb_init.pop("anonymous", None)
 
 
 def disable_wandb_telemetry() -> None:

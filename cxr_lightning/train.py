@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from cxr_lightning import preset, resolvers  # noqa: F401  (registers the config's resolvers)
+from cxr_lightning.console import quiet_console
 from cxr_lightning.errors import EXIT_USER_ERROR, UserError, debugging
 from cxr_lightning.job_record import JobRecord
 from cxr_lightning.tracking import finish_tracking
@@ -119,6 +120,7 @@ def remove_litter(record: JobRecord) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
     """Hydra entry point (one job of a run or multirun)."""
+    quiet_console()  # after Hydra has configured the job's logging
     return run_job(cfg)
 
 

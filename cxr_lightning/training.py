@@ -122,7 +122,8 @@ def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
     # One device predicts, without the training callbacks (a checkpoint would restore them).
     predictor = pl.Trainer(accelerator=trainer.strategy.root_device.type, devices=1,
                            precision=cfg.trainer.precision, logger=False,
-                           enable_checkpointing=False, enable_model_summary=False)
+                           enable_checkpointing=False, enable_model_summary=False,
+                           enable_progress_bar=False)
     probabilities = {split: predict_split(predictor, model, datamodule, split,
                                           checkpoint.best_model_path)
                      for split in ("test", "val")}

@@ -39,10 +39,9 @@ from cxr_lightning.data.mimic import build_mimic_manifest
 from cxr_lightning.data.nih import build_nih_manifest
 from cxr_lightning.data.tables import TableError
 from cxr_lightning.inference import images as inference_images
-from cxr_lightning.inference.cli import parse_arguments
 from cxr_lightning.inference.images import InputImages
 from cxr_lightning.inference.inputs import collect_inputs
-from cxr_lightning.predict import PredictArguments
+from cxr_lightning.predict import parse_args
 
 SPEC = CacheSpec(image_size=16, shard_size=4)
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
@@ -439,14 +438,14 @@ def _png(path: Path) -> Path:
 def test_a_hash_in_a_file_name_is_not_a_yaml_comment(tmp_path: Path) -> None:
     named = _png(tmp_path / "case #1.png")
     shutil.copy(named, tmp_path / "case")
-    args = parse_arguments(PredictArguments, ["ckpt=model.pt", f"inputs={named}"], "usage")
+    args = parse_args(["--ckpt", "model.pt", "--inputs", str(named)])
     assert collect_inputs(args.inputs) == [named]
 
 
 def test_an_existing_path_with_brackets_is_not_a_glob(tmp_path: Path) -> None:
     named = _png(tmp_path / "[a].png")
     _png(tmp_path / "a.png")
-    args = parse_arguments(PredictArguments, ["ckpt=model.pt", f"inputs={named}"], "usage")
+    args = parse_args(["--ckpt", "model.pt", "--inputs", str(named)])
     assert collect_inputs(args.inputs) == [named]
 
 

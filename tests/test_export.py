@@ -14,6 +14,7 @@ import torch
 from test_bundle_support import hand_probabilities, saved_model
 
 from cxr_lightning import export
+from cxr_lightning.inference.bundle import load_model
 
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
@@ -23,7 +24,8 @@ onnxruntime = pytest.importorskip("onnxruntime")
 def test_onnx_and_torchscript_match_pytorch(tmp_path, formulation):
     model_path, models = saved_model(tmp_path, formulation, thresholds={"edema": 0.3,
                                                                         "effusion": 0.7})
-    written = export.main([f"ckpt={model_path}", f"out={tmp_path / 'export'}", "opset=18"])
+    written = export.main(["--ckpt", str(model_path), "--out", str(tmp_path / "export"),
+                           "--opset", "18"])
     images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))  # N != 2
     expected = hand_probabilities(formulation, models, images).numpy()
 
@@ -51,9 +53,12 @@ def test_onnx_and_torchscript_match_pytorch(tmp_path, formulation):
     assert description["thresholds"] == {"edema": 0.3, "effusion": 0.7}
 
 
-def test_old_opsets_and_unknown_formats_are_refused(tmp_path):
+def test_old_opsets_and_unknown_formats_are_refused(tmp_path, capsys):
     model_path, _ = saved_model(tmp_path, "multilabel")
     with pytest.raises(ValueError, match="opset >= 17"):
-        export.main([f"ckpt={model_path}", f"out={tmp_path}", "opset=13"])
+        export.main(["--ckpt", str(model_path), "--out", str(tmp_path), "--opset", "13"])
+    with pytest.raises(SystemExit) as refused:
+        export.main(["--ckpt", str(model_path), "--out", str(tmp_path), "--formats", "tflite"])
+    assert refused.value.code == 2 and "invalid choice: 'tflite'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown"):
-        export.main([f"ckpt={model_path}", f"out={tmp_path}", "formats=[tflite]"])
+        export.export_model(load_model(model_path), tmp_path, formats=["tflite"])

@@ -21,6 +21,7 @@ from test_bundle_support import hand_probabilities, sample_datamodule, saved_mod
 from cxr_lightning import predict
 from cxr_lightning.data.cache import CacheSpec
 from cxr_lightning.data.transforms import normalise_batch
+from cxr_lightning.errors import BadValueError
 from cxr_lightning.inference.bundle import load_model, save_bundle
 from cxr_lightning.inference.images import InputImages, collate_inputs
 from cxr_lightning.inference.inputs import collect_inputs
@@ -186,8 +187,9 @@ def test_cli_writes_predictions_csv_and_overlays(tmp_path, mixed_inputs):
     pd.DataFrame({"path": ["inputs/grey8.png", str(mixed_inputs["missing"])]}).to_csv(
         manifest, index=False)
     out = tmp_path / "out"
-    written = predict.main([f"ckpt={model_path}", f"inputs=[{manifest},{tmp_path}/inputs/*16.png]",
-                            f"out={out}", "heatmaps=true", "batch_size=2", "device=cpu"])
+    written = predict.main(["--ckpt", str(model_path), "--inputs", str(manifest),
+                            f"{tmp_path}/inputs/*16.png", "--out", str(out), "--heatmaps",
+                            "--batch-size", "2", "--device", "cpu"])
     assert written == out / "predictions.csv"
     table = pd.read_csv(written, keep_default_na=False)
     assert list(table.columns) == [*PREDICTION_COLUMNS, "edema_heatmap", "effusion_heatmap"]
@@ -202,15 +204,18 @@ def test_cli_writes_predictions_csv_and_overlays(tmp_path, mixed_inputs):
 
 
 def test_cli_rejects_bad_arguments(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="missing required argument"):
-        predict.main(["inputs=x"])
-    with pytest.raises(SystemExit, match="quote glob patterns"):
-        predict.main(["ckpt=m.pt", "inputs=a.png", "b.png"])
-    with pytest.raises(SystemExit, match="batch_size"):
-        predict.main(["ckpt=m.pt", "inputs=a.png", "batch_size=many"])
+    for argv, message in ((["--inputs", "x"], "the following arguments are required: --ckpt"),
+                          (["--ckpt", "m.pt", "--inputs", "a.png", "--batch-size", "many"],
+                           "--batch-size: invalid int value: 'many'")):
+        with pytest.raises(SystemExit) as bad:
+            predict.main(argv)
+        assert bad.value.code == 2 and message in capsys.readouterr().err
+    # the former key=value form gets the flag to use instead
+    with pytest.raises(BadValueError, match="options are flags now, e.g. --batch-size 2"):
+        predict.main(["--ckpt", "m.pt", "--inputs", "a.png", "batch_size=2"])
     with pytest.raises(SystemExit) as help_exit:
         predict.main(["--help"])
-    assert help_exit.value.code == 0 and "ckpt=PATH" in capsys.readouterr().out
+    assert help_exit.value.code == 0 and "--ckpt PATH" in capsys.readouterr().out
 
 
 def test_collect_inputs(tmp_path):

@@ -69,7 +69,8 @@ def test_train_with_an_unknown_option(tmp_path):
 
 def test_predict_with_a_missing_checkpoint(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
-    result = _run(tmp_path, "cxr_lightning.predict", "ckpt=nothing/model.pt", "inputs=a.png")
+    result = _run(tmp_path, "cxr_lightning.predict", "--ckpt", "nothing/model.pt",
+                  "--inputs", "a.png")
     assert result.returncode == 2
     _one_error(result, "ckpt=nothing/model.pt: no such file")
 
@@ -77,14 +78,16 @@ def test_predict_with_a_missing_checkpoint(tmp_path):
 def test_predict_with_a_file_that_is_not_a_model(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
     (tmp_path / "notes.pt").write_text("not a model")
-    result = _run(tmp_path, "cxr_lightning.predict", "ckpt=notes.pt", "inputs=a.png")
+    result = _run(tmp_path, "cxr_lightning.predict", "--ckpt", "notes.pt", "--inputs",
+                  "a.png")
     assert result.returncode == 2
     _one_error(result, "notes.pt", "torch.load")
 
 
 def test_predict_on_an_empty_folder(tmp_path):
     (tmp_path / "scans").mkdir()
-    result = _run(tmp_path, "cxr_lightning.predict", "ckpt=model.pt", "inputs=scans")
+    result = _run(tmp_path, "cxr_lightning.predict", "--ckpt", "model.pt", "--inputs",
+                  "scans")
     assert result.returncode == 2
     _one_error(result, "inputs='scans'", "holds no")
 

@@ -21,6 +21,7 @@ Contract with the LightningModule:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,13 +31,16 @@ from pytorch_lightning.callbacks import BaseFinetuning
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities.rank_zero import rank_zero_only, rank_zero_warn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
 
 from cxr_lightning.callbacks.bn_folding import FrozenBatchNormFolding
+
+log = logging.getLogger(__name__)
+_info = rank_zero_only(log.info)  # stage changes, through the job's log (rank zero only)
 
 UNSUPPORTED_SCHEDULERS = (OneCycleLR, CyclicLR)
 """Schedulers that store per-group state at construction, which groups added later lack."""
@@ -248,7 +252,7 @@ class ProgressiveUnfreezing(BaseFinetuning):
         self._extend_schedulers(trainer, optimizer)
         self._check_max_epochs(trainer)
         if self.fold_frozen_bn and _compiled(pl_module):
-            rank_zero_info("BatchNorm folding is off under a compiled backbone: the compiler "
+            _info("BatchNorm folding is off under a compiled backbone: the compiler "
                            "fuses eval-mode BatchNorm itself")
             self.fold_frozen_bn = False
         if self.fold_frozen_bn and not self.train_bn:
@@ -322,10 +326,10 @@ class ProgressiveUnfreezing(BaseFinetuning):
             return
         if self.finished:
             trainer.should_stop = True
-            rank_zero_info(f"Epoch {trainer.current_epoch}: {self.monitor} has not improved for "
+            _info(f"Epoch {trainer.current_epoch}: {self.monitor} has not improved for "
                            f"{self._wait} validations; the last unfreezing stage ends the run")
         else:
-            rank_zero_info(
+            _info(
                 f"Epoch {trainer.current_epoch}: {self.monitor} has not improved for "
                 f"{self._wait} validations; unfreezing stage {self.stage + 1} begins next epoch"
             )
@@ -335,7 +339,7 @@ class ProgressiveUnfreezing(BaseFinetuning):
         if (self.finished and self.last_stage_epochs is not None and
                 trainer.current_epoch + 1 - self._history[-1]["epoch"] >= self.last_stage_epochs):
             trainer.should_stop = True
-            rank_zero_info(f"Epoch {trainer.current_epoch}: the last unfreezing stage has run its "
+            _info(f"Epoch {trainer.current_epoch}: the last unfreezing stage has run its "
                            f"{self.last_stage_epochs} epochs; the run ends")
 
     def on_train_batch_start(
@@ -406,7 +410,7 @@ class ProgressiveUnfreezing(BaseFinetuning):
         (one param group each) and reset the plateau."""
         if self._best_state is not None:
             pl_module.load_state_dict(self._best_state, strict=False)
-            rank_zero_info(f"Epoch {epoch}: stage {self.stage} ends; restored the weights of its "
+            _info(f"Epoch {epoch}: stage {self.stage} ends; restored the weights of its "
                            f"best {self.monitor} ({self._best:.4g})")
             self._best_state = None
         start = len(self.unfrozen_block_names)
@@ -421,7 +425,7 @@ class ProgressiveUnfreezing(BaseFinetuning):
             # empty caches, or every stage adds recompilations until Dynamo's limit silently
             # leaves the rest of training in eager mode
             torch._dynamo.reset()
-        rank_zero_info(
+        _info(
             f"Epoch {epoch}: unfreezing stage {self.stage}/{len(self._stages) - 1} unfroze "
             f"{', '.join(names)} (lr {optimizer.param_groups[0]['lr'] * self.lr_factor:.3g}); "
             f"{start + len(names)}/{len(self._blocks)} backbone blocks trainable"

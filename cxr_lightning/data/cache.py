@@ -62,7 +62,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from cxr_lightning.commands import program_name
+from cxr_lightning.commands import HelpFormatter, program_name
 from cxr_lightning.data.images import MAX_PIXELS, read_image_uint8
 from cxr_lightning.errors import run_command
 
@@ -611,20 +611,25 @@ def main(argv: list[str] | None = None) -> BuildSummary:
         prog=program_name("cxr_lightning.data.cache"),
         description="Build the resized image cache of a MIMIC-CXR-format tree (resumable). "
                     "With --shard i/N several machines build disjoint shards; copy them into one "
-                    "directory and run once more without --shard to mark the cache complete.")
+                    "directory and run once more without --shard to mark the cache complete.",
+        formatter_class=HelpFormatter)
     parser.add_argument("--root", required=True, help="the tree holding files/ and the CSVs")
     parser.add_argument("--out", required=True,
                         help="the cache_dir (data.cache_dir); the cache goes in a keyed subdir")
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--resize", choices=RESIZE_POLICIES, default="pad")
+    parser.add_argument("--size", type=int, default=512, help="side of the square images, pixels")
+    parser.add_argument("--resize", choices=RESIZE_POLICIES, default="pad",
+                        help="how a non-square image becomes square (data.resize)")
     parser.add_argument("--histogram-equalization", action="store_true",
                         help="equalise every image's histogram (MIMIC-CXR-JPG's conversion)")
-    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
+                        help="images per shard file")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="decoding processes (default: the CPUs, here %(default)s)")
     parser.add_argument("--shard", type=_parse_part, default=(0, 1), metavar="i/N",
                         help="build only the shards k with k %% N == i")
-    parser.add_argument("--source", default="mimic_cxr")
-    parser.add_argument("--labeler", default="chexpert")
+    parser.add_argument("--source", default="mimic_cxr", help="dataset source (data.source)")
+    parser.add_argument("--labeler", default="chexpert",
+                        help="label table: chexpert or negbio (data.labeler)")
     parser.add_argument("--retry-failures", action="store_true",
                         help="decode the images that failed in an earlier build again")
     parser.add_argument("--max-failed-fraction", type=float, default=MAX_FAILED_FRACTION,

@@ -36,7 +36,7 @@ from typing import Any
 
 import pandas as pd
 
-from cxr_lightning.commands import plain, program_name
+from cxr_lightning.commands import HelpFormatter, plain, program_name
 from cxr_lightning.data.manifest import SPLITS, CohortReport, cohort_table
 from cxr_lightning.errors import run_command
 from cxr_lightning.findings import FINDINGS
@@ -163,21 +163,25 @@ def _policy_pair(text: str) -> tuple[str, str]:
 
 def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, CohortOptions]:
     parser = argparse.ArgumentParser(prog=program_name("cxr_lightning.data.cohort"),
-                                     description=plain(__doc__.split("\n\n")[0]))
+                                     description=plain(__doc__.split("\n\n")[0]),
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--root", type=Path, required=True,
                         help="MIMIC-CXR directory holding files/ (data.root, MIMIC_CXR_ROOT)")
     parser.add_argument("--labels-root", type=Path, default=None,
                         help="directory holding the mimic-cxr-2.0.0-*.csv.gz tables (default: "
                              "--root if it holds them, else the sibling MIMIC-CXR-JPG project)")
-    parser.add_argument("--labeler", choices=LABELERS, default="chexpert")
+    parser.add_argument("--labeler", choices=LABELERS, default="chexpert",
+                        help="which label table (data.labeler)")
     parser.add_argument("--policy", nargs="+", type=_policy_pair, default=[],
                         metavar="FINDING=POLICY",
                         help=f"per finding, one of {LABEL_POLICIES} (default drop)")
     parser.add_argument("--views", nargs="+", default=None, help="e.g. PA AP (default: all)")
-    parser.add_argument("--split", choices=SPLIT_METHODS, default="official")
-    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--split", choices=SPLIT_METHODS, default="official",
+                        help="train/val/test split (data.split)")
+    parser.add_argument("--split-seed", type=int, default=0,
+                        help="seed of a random split (data.split_seed)")
     parser.add_argument("--out", type=Path, default=None, help="save the table as CSV")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", help="logging level")
     args = parser.parse_args(argv)
     try:
         options = CohortOptions(labeler=args.labeler, label_policy=dict(args.policy),

@@ -104,9 +104,12 @@ def _joint_accuracy(table: pd.DataFrame, subset: str, bootstrap: ClusterBootstra
 def subset_metrics(table: pd.DataFrame, subset: str,
                   thresholds: Mapping[str, Mapping[str, float]], *,
                   n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, level: float = CI_LEVEL,
-                  n_bins: int = N_CALIBRATION_BINS) -> Metrics:
+                  n_bins: int = N_CALIBRATION_BINS,
+                  undefined: dict[str, float] | None = None) -> Metrics:
     """Every metric of one set of images (keys ``{subset}/...``), with bootstrap CIs unless
-    ``n_bootstrap`` is 0. ``thresholds``: per finding, operating point name -> threshold."""
+    ``n_bootstrap`` is 0. ``thresholds``: per finding, operating point name -> threshold.
+    Metrics undefined in some resamples are added to ``undefined`` (key -> largest undefined
+    share) when given (the caller reports them), else warned about here."""
     if n_bootstrap and "subject_id" not in table.columns:
         raise ValueError(f"{subset} predictions lack subject_id: the patient-level bootstrap "
                          "needs each image's patient (results.json predictions hold it)")
@@ -114,23 +117,35 @@ def subset_metrics(table: pd.DataFrame, subset: str,
                  if n_bootstrap else None)
     metrics: Metrics = {}
     auroc_replicates = []
-    undefined: dict[str, float] = {}
+    collected: dict[str, float] = {} if undefined is None else undefined
     for finding in FINDINGS:
         values, replicates = _finding_metrics(table, subset, finding, thresholds[finding],
-                                              bootstrap, level, n_bins, undefined)
+                                              bootstrap, level, n_bins, collected)
         metrics.update(values)
         auroc_replicates.append(replicates)
     metrics[f"{subset}/auroc/mean"] = mean_auroc(metrics, subset)
     if all(r is not None for r in auroc_replicates):
         _add_interval(metrics, f"{subset}/auroc/mean", np.mean(auroc_replicates, axis=0), level,
-                      undefined)
-    metrics.update(_joint_accuracy(table, subset, bootstrap, level, undefined))
-    if undefined:
-        log.warning("%s: %d metrics are undefined in some bootstrap resamples (no positives, "
-                    "negatives or positive calls drawn); their CIs use the others: %s", subset,
-                    len(undefined), ", ".join(f"{k.split('/', 1)[1]} {100 * v:.0f}%"
-                                              for k, v in undefined.items()))
+                      collected)
+    metrics.update(_joint_accuracy(table, subset, bootstrap, level, collected))
+    if undefined is None:
+        warn_undefined(collected)
     return metrics
+
+
+def warn_undefined(undefined: dict[str, float]) -> None:
+    """One warning for every metric (``{subset}/{name}/{finding}`` -> largest undefined share)
+    undefined in some bootstrap resamples, with what it means and what to do."""
+    if not undefined:
+        return
+    subsets = sorted({key.split("/", 1)[0] for key in undefined})
+    worst = sorted(undefined.items(), key=lambda item: -item[1])[:3]
+    log.warning("Bootstrap CIs: %d metric(s) in %d subset(s) (%s) are undefined in some "
+                "bootstrap resamples (no positives, negatives or positive calls drawn); their "
+                "CIs come from the other resamples (most affected: %s). Their intervals are "
+                "less reliable: a larger test set (more patients per subset) avoids this",
+                len(undefined), len(subsets), ", ".join(subsets),
+                ", ".join(f"{key} {100 * share:.0f}%" for key, share in worst))
 
 
 def _json_safe(metrics: Metrics) -> Metrics:
@@ -153,10 +168,12 @@ def evaluate_predictions(test: pd.DataFrame, val: pd.DataFrame | None = None, *,
         thresholds = operating_thresholds(val, target_sensitivity)
     masks = subset_masks(test, "test")
     metrics: Metrics = {}
+    undefined: dict[str, float] = {}
     for subset, mask in tqdm(masks.items(), desc="Evaluating (bootstrap CIs)", unit="subset",
                             disable=None):
         metrics.update(subset_metrics(test[mask], subset, thresholds, n_bootstrap=n_bootstrap,
-                                     seed=seed, level=level))
+                                     seed=seed, level=level, undefined=undefined))
+    warn_undefined(undefined)
     if val is not None:
         at_half = {f: {DEFAULT_OPERATING_POINT: THRESHOLD} for f in FINDINGS}
         metrics.update(subset_metrics(val, "val", at_half, n_bootstrap=0))

@@ -4,5 +4,5 @@ Modules: :mod:`.metadata` (what describes a model), :mod:`.bundle` (save / load 
 :mod:`.network` (members -> one (N, 2) probability network), :mod:`.inputs` (paths, folders,
 globs, manifests), :mod:`.images` (file -> model input, exactly as the training cache),
 :mod:`.heatmaps` (Grad-CAM overlays in the original geometry), :mod:`.predictor` (the batch
-loop behind ``python -m cxr_lightning.predict``) and :mod:`.cli` (``key=value`` arguments).
+loop behind ``python -m cxr_lightning.predict``).
 """
