@@ -3,7 +3,7 @@
 Usage::
 
     python -m cxr_lightning.predict ckpt=PATH inputs=PATH_OR_GLOB [out=DIR] [heatmaps=true]
-        [batch_size=16] [device=auto|cpu|cuda|cuda:N] [num_workers=0]
+        [batch_size=16] [device=auto|cpu|cuda|cuda:N] [num_workers=N]
         [formulation=NAME] [backbone=NAME]
 
 ``ckpt`` is a job's ``model.pt`` (or a multilabel/multiclass Lightning ``.ckpt``); its saved
@@ -47,7 +47,7 @@ class PredictArguments:
     heatmaps: bool = False
     batch_size: int = 16
     device: str = "auto"
-    num_workers: int = 0
+    num_workers: int | None = None  # None: min(8, cores, batches) decoding workers
     formulation: str | None = None
     backbone: str | None = None
 
