@@ -51,8 +51,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16, metavar="N",
                         help="images per forward pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--num-workers", type=int, default=0, metavar="N",
-                        help="processes decoding the images")
+    parser.add_argument("--num-workers", type=int, default=None, metavar="N",
+                        help="processes decoding the images (default: min(8, cores, batches))")
     parser.add_argument("--formulation", choices=FORMULATIONS, default=None,
                         help="refuse a model of another formulation")
     parser.add_argument("--backbone", default=None, metavar="NAME",

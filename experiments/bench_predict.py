@@ -73,12 +73,14 @@ def network_throughput(model_path: Path, device: torch.device, batch: int, batch
 
 
 def end_to_end_throughput(model_path: Path, files: list[Path], device: torch.device,
-                          batch: int, heatmaps: bool, out_dir: Path) -> float:
-    """img/s of predict_files over the files (model loading excluded)."""
+                          batch: int, heatmaps: bool, out_dir: Path,
+                          num_workers: int | None = None) -> float:
+    """img/s of predict_files over the files (model loading excluded; ``num_workers`` None:
+    the predictor's default)."""
     bundle = load_model(model_path)
     start = time.perf_counter()
     table = predict_files(bundle, files, out_dir, heatmaps=heatmaps, batch_size=batch,
-                          device=str(device), num_workers=min(4, os.cpu_count() or 1))
+                          device=str(device), num_workers=num_workers)
     _synchronise(device)
     elapsed = time.perf_counter() - start
     if (table["error"] != "").any():

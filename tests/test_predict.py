@@ -142,6 +142,20 @@ def test_bad_inputs_are_reported_and_the_batch_completes(tmp_path, mixed_inputs)
         expected[0].tolist(), abs=1e-6)
 
 
+def test_decoding_workers_change_no_result(tmp_path, mixed_inputs):
+    _make_bad_files(mixed_inputs)
+    bundle = load_model(saved_model(tmp_path, "binary")[0])
+    files = list(mixed_inputs.values()) * 2  # 20 files, 7 batches of 3
+    here = predict_files(bundle, files, batch_size=3, device="cpu", num_workers=0)
+    workers = predict_files(bundle, files, batch_size=3, device="cpu", num_workers=2)
+    pd.testing.assert_frame_equal(here.drop(columns=["edema_prob", "effusion_prob"]),
+                                  workers.drop(columns=["edema_prob", "effusion_prob"]))
+    assert (here["error"] != "").sum() == 12 and here["edema_prob"].notna().sum() == 8
+    np.testing.assert_allclose(workers[["edema_prob", "effusion_prob"]].to_numpy(),
+                               here[["edema_prob", "effusion_prob"]].to_numpy(),
+                               rtol=1e-6, atol=1e-7, equal_nan=True)
+
+
 def _padded_by_hand(path: Path) -> torch.Tensor:
     """(1, 32, 32) uint8: the 40x50 PNG decoded by OpenCV, scaled to 26x32 (INTER_AREA) and
     centred on black, as the ``pad`` policy at 32 px places it."""

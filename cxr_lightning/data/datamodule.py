@@ -25,6 +25,7 @@ from cxr_lightning.data.sample import generate_sample, is_complete_sample, sampl
 from cxr_lightning.data.sampling import EpochSampler, ResumableDataLoader
 from cxr_lightning.data.sources import build_manifest
 from cxr_lightning.data.transforms import augment, normalise_batch, training_augmentation
+from cxr_lightning.data.workers import OneOpenCVThreadLoader
 from cxr_lightning.findings import FINDINGS
 
 log = logging.getLogger(__name__)
@@ -180,13 +181,13 @@ class CXRDataModule(pl.LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         """One split in manifest order, not augmented. Every loader has its own generator (the
         workers' base seed), so iterating one never draws from torch's global generator."""
-        return DataLoader(CachedImageDataset(self.split_manifest(split), self.cache),
-                          generator=torch.Generator().manual_seed(self.seed),
-                          **self._loader_options())
+        return OneOpenCVThreadLoader(CachedImageDataset(self.split_manifest(split), self.cache),
+                                     generator=torch.Generator().manual_seed(self.seed),
+                                     **self._loader_options())
 
     def _loader_options(self) -> dict:
         """Options of every loader: with workers, each prefetches :data:`PREFETCH_FACTOR`
-        batches."""
+        batches (and runs OpenCV on one thread: :mod:`~cxr_lightning.data.workers`)."""
         workers = {"persistent_workers": True, "prefetch_factor": PREFETCH_FACTOR}
         return {"batch_size": self.batch_size, "num_workers": self.num_workers,
                 "pin_memory": torch.cuda.is_available(), "drop_last": False,

@@ -15,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
+
+from cxr_lightning.data.workers import OneOpenCVThreadLoader
 
 
 class EpochSampler(DistributedSampler):
@@ -36,8 +38,9 @@ class EpochSampler(DistributedSampler):
                 yield index, self.epoch
 
 
-class ResumableDataLoader(DataLoader):
-    """A DataLoader over an :class:`EpochSampler` whose position Lightning checkpoints.
+class ResumableDataLoader(OneOpenCVThreadLoader):
+    """A DataLoader over an :class:`EpochSampler` whose position Lightning checkpoints (its
+    workers run OpenCV on one thread each).
 
     The position is the number of batches this loader has handed out in the current epoch:
     Lightning does not prefetch from a loader with a length, so at a checkpoint that is the

@@ -57,21 +57,30 @@ def gradcam_layer(backbone: nn.Module) -> nn.Module:
 
 def finding_heatmaps(network: FindingProbabilities, images: torch.Tensor) -> np.ndarray:
     """Grad-CAM maps (N, 2, H, W) in [0, 1] of normalised images (N, C, H, W), per finding in
-    :data:`FINDINGS` order."""
-    maps = []
-    for column, finding in enumerate(FINDINGS):
-        layer = gradcam_layer(network.backbone_for(finding))
-        cam = GradCAM(model=network, target_layers=[layer])
+    :data:`FINDINGS` order.
+
+    One forward and one backward per member model for the whole batch and every finding it
+    predicts: the batch is repeated once per finding (k*N images) with one target per copy,
+    so each copy's gradients are those of its own finding (Grad-CAM weighs each image by its
+    own gradients: batching changes no map).
+    """
+    count = len(images)
+    maps = np.zeros((count, len(FINDINGS), *images.shape[-2:]), dtype=np.float32)
+    for member, findings in network.members():
+        cam = GradCAM(model=member, target_layers=[gradcam_layer(member.backbone)])
+        targets = [ClassifierOutputTarget(column)
+                   for column in range(len(findings)) for _ in range(count)]
         try:
             with torch.enable_grad():
                 # the graph hangs off the input: with frozen weights (ModelBundle.network),
                 # backward computes activation gradients only, no weight gradients
-                inputs = images.detach().requires_grad_(True)
-                maps.append(cam(input_tensor=inputs,
-                                targets=[ClassifierOutputTarget(column)] * len(images)))
+                inputs = images.detach().repeat(len(findings), 1, 1, 1).requires_grad_(True)
+                member_maps = cam(input_tensor=inputs, targets=targets)
         finally:
             cam.activations_and_grads.release()
-    return np.stack(maps, axis=1)
+        for column, finding in enumerate(findings):
+            maps[:, FINDINGS.index(finding)] = member_maps[column * count:(column + 1) * count]
+    return maps
 
 
 def overlay(original: np.ndarray, heatmap: np.ndarray) -> np.ndarray:

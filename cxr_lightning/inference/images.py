@@ -52,6 +52,11 @@ class InputBatch:
     def decoded(self) -> list[PreparedImage]:
         return [item for item in self.items if not item.error]
 
+    def pin_memory(self) -> InputBatch:
+        """The batch with its images in page-locked memory (DataLoader ``pin_memory=True``
+        calls this), so that their copy to a GPU can be asynchronous."""
+        return InputBatch(self.items, self.images.pin_memory())
+
 
 def prepare_image(path: Path, spec: CacheSpec) -> tuple[np.ndarray, np.ndarray]:
     """The decoded grey image (H, W) and its resized square (S, S), both uint8."""

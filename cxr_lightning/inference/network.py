@@ -9,6 +9,7 @@ from torch import nn
 
 from cxr_lightning.findings import FINDINGS
 from cxr_lightning.models.classifier import CXRClassifier
+from cxr_lightning.models.formulations import Formulation
 
 
 class FindingProbabilities(nn.Module):
@@ -34,13 +35,37 @@ class FindingProbabilities(nn.Module):
         self.order = [produced.index(f) for f in FINDINGS]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        outputs = [formulation.finding_probabilities(head(backbone(images)))
+        outputs = [_probabilities(backbone, head, formulation, images)
                    for backbone, head, formulation
                    in zip(self.backbones, self.heads, self.formulations, strict=True)]
         return torch.cat(outputs, dim=1)[:, self.order]
 
-    def backbone_for(self, finding: str) -> nn.Module:
-        """The backbone of the member model that predicts ``finding``."""
-        member = next(i for i, formulation in enumerate(self.formulations)
-                      if finding in formulation.findings)
-        return self.backbones[member]
+    def members(self) -> list[tuple[MemberProbabilities, tuple[str, ...]]]:
+        """Each member as its own network, with the findings (its output columns) it predicts."""
+        return [(MemberProbabilities(backbone, head, formulation), tuple(formulation.findings))
+                for backbone, head, formulation
+                in zip(self.backbones, self.heads, self.formulations, strict=True)]
+
+
+class MemberProbabilities(nn.Module):
+    """One member model: normalised images -> (N, k) probabilities of its k findings.
+
+    Shares the backbone and head (not copied). Both networks take the logits in float32
+    before the sigmoid/softmax, so that under bf16 autocast only the layers run in bf16, not
+    the probabilities (a no-op in float32).
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, formulation: Formulation) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.formulation = formulation
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return _probabilities(self.backbone, self.head, self.formulation, images)
+
+
+def _probabilities(backbone: nn.Module, head: nn.Module, formulation: Formulation,
+                   images: torch.Tensor) -> torch.Tensor:
+    """A member's finding probabilities, from its logits in float32."""
+    return formulation.finding_probabilities(head(backbone(images)).float())

@@ -13,23 +13,26 @@ the output folder.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from cxr_lightning.data.cache import CacheSpec
 from cxr_lightning.data.transforms import normalise_batch
+from cxr_lightning.data.workers import OneOpenCVThreadLoader
 from cxr_lightning.evaluation.metrics import probability_column
 from cxr_lightning.findings import FINDINGS
 from cxr_lightning.inference.bundle import ModelBundle
 from cxr_lightning.inference.geometry import to_original_geometry
 from cxr_lightning.inference.heatmaps import finding_heatmaps, write_overlay
-from cxr_lightning.inference.images import InputBatch, InputImages, collate_inputs
-from cxr_lightning.inference.network import FindingProbabilities
+from cxr_lightning.inference.images import InputBatch, InputImages, PreparedImage, collate_inputs
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,42 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+@dataclass(frozen=True)
+class DeviceOptions:
+    """How the network runs and its batches travel on one kind of device."""
+
+    autocast: torch.dtype | None
+    """The ``torch.autocast`` dtype of the forward (None: float32)."""
+    memory_format: torch.memory_format
+    """Of the network's weights and of its input batches."""
+    pin_memory: bool
+    """Batches collated into page-locked memory, so their copy to the device can be
+    asynchronous (``non_blocking``) and overlap the device's work."""
+
+
+def device_options(device: torch.device) -> DeviceOptions:
+    """CUDA: bf16 autocast (where the GPU supports bf16), channels-last, pinned memory and
+    asynchronous copies. CPU: float32, NCHW, no pinning (the training-time numerics)."""
+    if device.type == "cuda":
+        return DeviceOptions(torch.bfloat16 if torch.cuda.is_bf16_supported() else None,
+                             torch.channels_last, pin_memory=True)
+    return DeviceOptions(None, torch.contiguous_format, pin_memory=False)
+
+
+MAX_WORKERS = 8
+"""Decoding processes by default (decode and resize are per-image and independent)."""
+
+
+def default_workers(files: int, batch_size: int) -> int:
+    """DataLoader workers when not given: ``min(8, usable cores, batches)``; 0 (decode in
+    this process) for a single batch, where a worker would overlap nothing."""
+    batches = -(-files // batch_size)
+    if batches <= 1:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(MAX_WORKERS, cores or 1, batches)
+
+
 def predict_files(
     bundle: ModelBundle,
     paths: Sequence[Path],
@@ -68,35 +107,49 @@ def predict_files(
     heatmaps: bool = False,
     batch_size: int = 16,
     device: str = "auto",
-    num_workers: int = 0,
+    num_workers: int | None = None,
 ) -> pd.DataFrame:
     """Predict every file; the table of :data:`PREDICTION_COLUMNS` (module doc).
 
     Files that cannot be read become rows with their ``error``; the rest of the batch goes on.
     ``heatmaps`` writes a Grad-CAM overlay per image and finding into ``out_dir/heatmaps``.
+    Files are decoded in ``num_workers`` processes (None: :func:`default_workers`; 0: here).
+    The network runs under :func:`device_options`; probabilities stay on the device until the
+    last batch and come back in one copy (no per-batch wait for the device).
     """
     if heatmaps and out_dir is None:
         raise ValueError("heatmaps need an output folder (out=DIR)")
     target = resolve_device(device)
-    network = bundle.network().to(target)
+    options = device_options(target)
+    network = bundle.network().to(target, memory_format=options.memory_format)
+    if num_workers is None:
+        num_workers = default_workers(len(paths), batch_size)
     dataset = InputImages(paths, bundle.spec, keep_originals=heatmaps)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=collate_inputs, pin_memory=target.type == "cuda")
-    probabilities = np.full((len(paths), len(FINDINGS)), np.nan)
+    loader = OneOpenCVThreadLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                                   collate_fn=collate_inputs, pin_memory=options.pin_memory)
+    batch_probabilities: list[torch.Tensor] = []
+    decoded: list[int] = []
     errors = [""] * len(paths)
     overlays = {f: [""] * len(paths) for f in FINDINGS}
-    log.info("Predicting %d files with the %s model on %s", len(paths), bundle.formulation,
-             target)
-    with tqdm(total=len(paths), unit="img", desc=f"Predicting ({bundle.formulation})") as bar:
+    log.info("Predicting %d files with the %s model on %s (%d decoding workers)", len(paths),
+             bundle.formulation, target, num_workers)
+    with (tqdm(total=len(paths), unit="img", desc=f"Predicting ({bundle.formulation})") as bar,
+          OverlayWriter(out_dir / HEATMAP_DIR if heatmaps else None, bundle.spec) as writer):
         for batch in loader:
             for item in batch.items:
                 errors[item.index] = item.error
             if batch.decoded:
-                images = normalise_batch(batch.images.to(target), bundle.channels)
-                _predict_batch(network, images, batch, probabilities, errors)
+                images = normalise_batch(batch.images.to(target, non_blocking=options.pin_memory),
+                                         bundle.channels)
+                images = images.contiguous(memory_format=options.memory_format)
+                with torch.inference_mode(), torch.autocast(target.type, options.autocast,
+                                                            enabled=options.autocast is not None):
+                    batch_probabilities.append(network(images))
+                decoded.extend(item.index for item in batch.decoded)
                 if heatmaps:
-                    _write_heatmaps(network, images, batch, bundle, out_dir, overlays)
+                    writer.submit(finding_heatmaps(network, images), batch, overlays)
             bar.update(len(batch.items))
+    probabilities = _gather(batch_probabilities, decoded, errors)
     table = _table(paths, probabilities, errors, bundle)
     if heatmaps:
         for finding in FINDINGS:
@@ -117,29 +170,67 @@ def write_predictions(table: pd.DataFrame, out_dir: Path) -> Path:
     return path
 
 
-def _predict_batch(network: FindingProbabilities, images: torch.Tensor, batch: InputBatch,
-                   probabilities: np.ndarray, errors: list[str]) -> None:
-    with torch.inference_mode():
-        batch_probabilities = network(images).double().cpu().numpy()
-    for item, row in zip(batch.decoded, batch_probabilities, strict=True):
-        if np.isfinite(row).all():
-            probabilities[item.index] = row
-        else:
-            errors[item.index] = "the network returned a non-finite probability"
+def _gather(batch_probabilities: list[torch.Tensor], decoded: list[int],
+            errors: list[str]) -> np.ndarray:
+    """(files, 2) float64 probabilities from the per-batch device tensors, in one copy; NaN
+    rows for the files not decoded, and for non-finite outputs (with their error)."""
+    probabilities = np.full((len(errors), len(FINDINGS)), np.nan)
+    if not decoded:
+        return probabilities
+    rows = torch.cat(batch_probabilities).double().cpu().numpy()
+    finite = np.isfinite(rows).all(axis=1)
+    indices = np.asarray(decoded)
+    probabilities[indices[finite]] = rows[finite]
+    for index in indices[~finite]:
+        errors[index] = "the network returned a non-finite probability"
+    return probabilities
 
 
-def _write_heatmaps(network: FindingProbabilities, images: torch.Tensor, batch: InputBatch,
-                    bundle: ModelBundle, out_dir: Path, overlays: dict[str, list[str]]) -> None:
-    folder = out_dir / HEATMAP_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    maps = finding_heatmaps(network, images)
-    for item, item_maps in zip(batch.decoded, maps, strict=True):
-        stem = item.path.stem
-        for finding, square_map in zip(FINDINGS, item_maps, strict=True):
-            name = f"{item.index:05d}_{stem}_{finding}.png"
-            heatmap = to_original_geometry(square_map, item.original_shape, bundle.spec)
-            write_overlay(folder / name, item.original, heatmap)
-            overlays[finding][item.index] = f"{HEATMAP_DIR}/{name}"
+class OverlayWriter:
+    """Writes a batch's Grad-CAM overlays in a thread pool while the next batch is computed.
+
+    Threads, not processes: the work (OpenCV resize and colour map, zlib) runs outside the
+    GIL, and nothing (a 1024 px original per image) is pickled. Errors surface at the latest
+    when the block closes.
+    """
+
+    def __init__(self, folder: Path | None, spec: CacheSpec) -> None:
+        self.folder = folder
+        self.spec = spec
+        self.pool: ThreadPoolExecutor | None = None
+        self.pending: list[Future] = []
+
+    def __enter__(self) -> OverlayWriter:
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.pool = ThreadPoolExecutor(max_workers=min(MAX_WORKERS, os.cpu_count() or 1))
+        return self
+
+    def __exit__(self, error_type: type[BaseException] | None, *exc_info: object) -> None:
+        if self.pool is None:
+            return
+        try:
+            if error_type is None:  # a write's error is raised here; never over another one
+                for future in self.pending:
+                    future.result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, maps: np.ndarray, batch: InputBatch,
+               overlays: dict[str, list[str]]) -> None:
+        """Queue the overlays of the batch's decoded items (``maps``: (k, 2, S, S))."""
+        if self.pool is None:
+            raise RuntimeError("OverlayWriter.submit outside its with-block or without a folder")
+        for item, item_maps in zip(batch.decoded, maps, strict=True):
+            for finding, square_map in zip(FINDINGS, item_maps, strict=True):
+                name = f"{item.index:05d}_{item.path.stem}_{finding}.png"
+                self.pending.append(self.pool.submit(self._write, self.folder / name,
+                                                     item, square_map))
+                overlays[finding][item.index] = f"{HEATMAP_DIR}/{name}"
+
+    def _write(self, path: Path, item: PreparedImage, square_map: np.ndarray) -> Path:
+        heatmap = to_original_geometry(square_map, item.original_shape, self.spec)
+        return write_overlay(path, item.original, heatmap)
 
 
 def _table(paths: Sequence[Path], probabilities: np.ndarray, errors: list[str],
