@@ -22,11 +22,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from cxr_lightning.data.transforms import normalise_batch
 from cxr_lightning.evaluation.metrics import probability_column
 from cxr_lightning.findings import FINDINGS
 from cxr_lightning.inference.bundle import ModelBundle
-from cxr_lightning.inference.geometry import to_original_geometry
 from cxr_lightning.inference.heatmaps import finding_heatmaps, write_overlay
 from cxr_lightning.inference.images import InputBatch, InputImages, collate_inputs
 from cxr_lightning.inference.network import FindingProbabilities
@@ -79,7 +77,7 @@ def predict_files(
         raise ValueError("heatmaps need an output folder (out=DIR)")
     target = resolve_device(device)
     network = bundle.network().to(target)
-    dataset = InputImages(paths, bundle.spec, keep_originals=heatmaps)
+    dataset = InputImages(paths, bundle.preprocessing, keep_originals=heatmaps)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                         collate_fn=collate_inputs, pin_memory=target.type == "cuda")
     probabilities = np.full((len(paths), len(FINDINGS)), np.nan)
@@ -92,7 +90,7 @@ def predict_files(
             for item in batch.items:
                 errors[item.index] = item.error
             if batch.decoded:
-                images = normalise_batch(batch.images.to(target), bundle.channels)
+                images = bundle.preprocessing.normalise(batch.images.to(target))
                 _predict_batch(network, images, batch, probabilities, errors)
                 if heatmaps:
                     _write_heatmaps(network, images, batch, bundle, out_dir, overlays)
@@ -137,7 +135,7 @@ def _write_heatmaps(network: FindingProbabilities, images: torch.Tensor, batch: 
         stem = item.path.stem
         for finding, square_map in zip(FINDINGS, item_maps, strict=True):
             name = f"{item.index:05d}_{stem}_{finding}.png"
-            heatmap = to_original_geometry(square_map, item.original_shape, bundle.spec)
+            heatmap = bundle.preprocessing.to_original_geometry(square_map, item.original_shape)
             write_overlay(folder / name, item.original, heatmap)
             overlays[finding][item.index] = f"{HEATMAP_DIR}/{name}"
 
