@@ -70,7 +70,7 @@ from cxr_lightning.errors import run_command
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = PREPROCESSING_VERSION
+CACHE_FORMAT_VERSION = PREPROCESSING_VERSION  # one number: bump it for decoding or layout
 DEFAULT_SHARD_SIZE = 1024
 COMPLETE_MARKER = "COMPLETE"
 #: Default largest fraction of a cache's images that may fail before the build is an error.
