@@ -50,3 +50,7 @@ class BadValueError(UserError, ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A user error that is also a :class:`FileNotFoundError` (a path given names no file)."""
+
+
+class ModelMismatchError(BadValueError):
+    """A saved model is not what was asked for, or cannot be rebuilt by this code."""

@@ -49,8 +49,8 @@ EXAMPLE_BATCH = 2  # > 1, so that torch.export does not specialise the batch dim
 
 def example_input(bundle: ModelBundle) -> torch.Tensor:
     """A float (2, C, S, S) batch of the shape the model takes (values are irrelevant)."""
-    size = bundle.spec.image_size
-    return torch.randn(EXAMPLE_BATCH, bundle.channels, size, size,
+    size = bundle.preprocessing.image_size
+    return torch.randn(EXAMPLE_BATCH, bundle.preprocessing.channels, size, size,
                        generator=torch.Generator().manual_seed(0))
 
 
@@ -89,18 +89,18 @@ def export_torchscript(network: FindingProbabilities, example: torch.Tensor,
 
 def export_description(bundle: ModelBundle, opset: int) -> dict:
     """export.json: input, output, findings, thresholds, preprocessing and provenance."""
-    size = bundle.spec.image_size
+    size = bundle.preprocessing.image_size
     return {
         "source": str(bundle.source),
         "formulation": bundle.formulation,
         "backbone": bundle.backbone,
         "input": {"name": INPUT_NAME, "dtype": "float32",
-                  "shape": ["N", bundle.channels, size, size]},
+                  "shape": ["N", bundle.preprocessing.channels, size, size]},
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["N", len(FINDINGS)],
                    "columns": list(FINDINGS), "meaning": "probability of each finding"},
         "thresholds": bundle.thresholds,
         "label_rule": "label = 1 if probability > threshold else 0",
-        "preprocessing": bundle.preprocessing,
+        "preprocessing": bundle.preprocessing_record,
         "onnx_opset": opset,
         "code_version": bundle.code_version,
     }

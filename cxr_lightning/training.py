@@ -234,7 +234,7 @@ def save_model(path: Path, cfg: DictConfig, plan: FormulationPlan, members: list
         path, plan=plan,
         models=[classifier_from_checkpoint(m.best_checkpoint, member)
                 for m, member in zip(members, plan.members, strict=True)],
-        spec=datamodule.spec,
+        preprocessing=datamodule.preprocessing,
         thresholds={f: thresholds[f].get(YOUDEN, THRESHOLD) for f in FINDINGS},
         threshold_record={"operating_point": YOUDEN, "rule": "probability > threshold",
                           "operating_points": thresholds},

@@ -44,7 +44,8 @@ from torch.utils.data import DataLoader
 
 from cxr_lightning.data.cache import CacheSpec, build_shards, open_image_cache
 from cxr_lightning.data.datamodule import CachedImageDataset
-from cxr_lightning.data.transforms import normalise_batch, training_augmentation
+from cxr_lightning.data.preprocess import Preprocessing
+from cxr_lightning.data.transforms import training_augmentation
 
 log = logging.getLogger("bench_data")
 
@@ -132,12 +133,13 @@ def loader_rate(dataset: CachedImageDataset, batch_size: int) -> tuple[float, fl
 
 
 def normalisation_rate(size: int, batch_size: int = 32, repeats: int = 5) -> float:
-    """Images per second of ``normalise_batch`` on one CPU thread (best of ``repeats``)."""
+    """Images per second of ``Preprocessing.normalise`` on one CPU thread (best of ``repeats``)."""
+    preprocessing = Preprocessing(size)
     images = torch.randint(0, 256, (batch_size, size, size), dtype=torch.uint8)
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        normalise_batch(images)
+        preprocessing.normalise(images)
         best = min(best, time.perf_counter() - started)
     return batch_size / best
 
@@ -161,7 +163,7 @@ def main() -> None:
         manifests = write_inputs(root / "dicom", args.uncompressed, args.jpeg2000)
         log.info("Wrote %d + %d synthetic DICOMs in %.1f s", args.uncompressed, args.jpeg2000,
                  time.perf_counter() - started)
-        spec = CacheSpec(image_size=args.size)
+        spec = CacheSpec(Preprocessing(args.size))
         for name, manifest in manifests.items():
             wall, cpu = preprocessing_rate(manifest, root / "dicom", root / f"cache-{name}", spec)
             figures[f"preprocess_{name}_img_per_s_per_core"] = round(cpu, 2)

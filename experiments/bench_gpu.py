@@ -45,12 +45,11 @@ from bench_unfreeze import STAGES, trainable_blocks
 from torch.utils.flop_counter import FlopCounterMode
 
 from cxr_lightning.callbacks.unfreeze import ProgressiveUnfreezing
-from cxr_lightning.data.cache import CacheSpec
 from cxr_lightning.data.datamodule import CXRDataModule
+from cxr_lightning.data.preprocess import Preprocessing
 from cxr_lightning.inference.bundle import save_bundle
-from cxr_lightning.inference.metadata import plan_for
 from cxr_lightning.models.classifier import CXRClassifier
-from cxr_lightning.models.formulations import MultilabelFormulation
+from cxr_lightning.models.formulations import MultilabelFormulation, plan_for
 
 log = logging.getLogger("bench_gpu")
 
@@ -162,7 +161,7 @@ def prediction(args: argparse.Namespace, folder: Path, device: torch.device) -> 
     plan = plan_for("multilabel")
     model = CXRClassifier(plan.members[0], backbone=args.backbone, weights="none")
     model_path = save_bundle(folder / "model.pt", plan=plan, models=[model],
-                             spec=CacheSpec(image_size=args.size))
+                             preprocessing=Preprocessing(args.size))
     (folder / "png").mkdir()
     (folder / "dcm").mkdir()
     rng = np.random.default_rng(0)

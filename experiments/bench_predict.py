@@ -32,11 +32,11 @@ import cv2
 import numpy as np
 import torch
 
-from cxr_lightning.data.cache import CacheSpec
+from cxr_lightning.data.preprocess import Preprocessing
 from cxr_lightning.inference.bundle import load_model, save_bundle
-from cxr_lightning.inference.metadata import plan_for
 from cxr_lightning.inference.predictor import predict_files, resolve_device
 from cxr_lightning.models.classifier import CXRClassifier
+from cxr_lightning.models.formulations import plan_for
 
 log = logging.getLogger("bench_predict")
 
@@ -111,7 +111,7 @@ def main() -> dict:
         folder = Path(scratch)
         model = CXRClassifier(plan.members[0], backbone=args.backbone, weights="none")
         model_path = save_bundle(folder / "model.pt", plan=plan, models=[model],
-                                 spec=CacheSpec(image_size=args.size))
+                                 preprocessing=Preprocessing(args.size))
         files = synthetic_radiographs(folder, args.files)
         summary = {
             "backbone": args.backbone, "size": args.size, "batch": args.batch,

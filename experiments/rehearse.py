@@ -42,6 +42,7 @@ import torch
 from bench_data import preprocessing_rate, write_inputs
 
 from cxr_lightning.data.cache import CacheSpec
+from cxr_lightning.data.preprocess import Preprocessing
 from cxr_lightning.data.sample import generate_sample
 
 log = logging.getLogger("rehearse")
@@ -81,7 +82,7 @@ def cache_rate_per_core(n_images: int) -> float:
         scratch = Path(scratch)
         manifest = write_inputs(scratch, n_images, 0)["uncompressed"]
         wall_rate, _ = preprocessing_rate(manifest, scratch, scratch / "cache",
-                                          CacheSpec(image_size=IMAGE_SIZE))
+                                          CacheSpec(Preprocessing(IMAGE_SIZE)))
         return wall_rate
 
 

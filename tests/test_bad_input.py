@@ -30,20 +30,20 @@ from cxr_lightning.data.cache import (
     CacheSpecMismatchError,
     build_image_cache,
     build_shards,
-    load_and_resize,
     open_image_cache,
 )
 from cxr_lightning.data.chexpert import build_chexpert_manifest
 from cxr_lightning.data.images import ImageDecodeError, read_image_uint8
 from cxr_lightning.data.mimic import build_mimic_manifest
 from cxr_lightning.data.nih import build_nih_manifest
+from cxr_lightning.data.preprocess import Preprocessing
 from cxr_lightning.data.tables import TableError
 from cxr_lightning.inference import images as inference_images
 from cxr_lightning.inference.images import InputImages
 from cxr_lightning.inference.inputs import collect_inputs
 from cxr_lightning.predict import parse_args
 
-SPEC = CacheSpec(image_size=16, shard_size=4)
+SPEC = CacheSpec(Preprocessing(16), shard_size=4)
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 
 
@@ -211,13 +211,13 @@ def test_unexpected_exception_in_predict_becomes_an_error_row(
     shutil.copy(good, bad)
     prepare = inference_images.prepare_image
 
-    def failing(path: Path, spec: CacheSpec) -> tuple[np.ndarray, np.ndarray]:
+    def failing(path: Path, preprocessing: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
         if path == bad:
             raise MemoryError("Unable to allocate 5.3 GiB")
-        return prepare(path, spec)
+        return prepare(path, preprocessing)
 
     monkeypatch.setattr(inference_images, "prepare_image", failing)
-    items = [InputImages([bad, good], SPEC)[i] for i in range(2)]
+    items = [InputImages([bad, good], SPEC.preprocessing)[i] for i in range(2)]
     assert ([item.error for item in items][0].startswith("MemoryError: Unable to allocate")
             and items[1].error == "" and items[1].square is not None)
 
@@ -250,14 +250,12 @@ def test_a_malformed_dicom_is_a_recorded_failure_and_the_build_completes(sample_
 
 
 def test_an_exception_of_any_type_is_a_recorded_failure(sample_copy, tmp_path, monkeypatch):
-    from cxr_lightning.data import cache as cache_module
-
     manifest, root = sample_copy
 
-    def broken(path: Path, spec: CacheSpec, max_pixels: int) -> np.ndarray:
+    def broken(self: Preprocessing, path: Path, max_pixels: int) -> np.ndarray:
         raise KeyError("a decoder bug")
 
-    monkeypatch.setattr(cache_module, "load_and_resize", broken)
+    monkeypatch.setattr(Preprocessing, "load", broken)
     with pytest.raises(CacheBuildError, match=r"12 of 12 images could not be decoded.*"
                                               r"KeyError: 'a decoder bug'"):
         build_shards(manifest, root, tmp_path / "cache", SPEC, 1)
@@ -284,7 +282,7 @@ def test_a_changed_file_is_re_read(sample_copy, tmp_path):
     os.utime(root / changed["path"], ns=(1, 1))
     again = build_image_cache(manifest, root, tmp_path / "caches", SPEC, 1)
     now = np.array(again.get(changed["image_id"]))
-    expected = load_and_resize(root / manifest.iloc[0]["path"], SPEC)
+    expected = SPEC.preprocessing.load(root / manifest.iloc[0]["path"])
     assert not np.array_equal(before, expected) and np.array_equal(now, expected)
 
 

@@ -1,8 +1,8 @@
 """The self-describing model artefact (model.pt) and self-describing Lightning checkpoints.
 
 References: the models' own logits turned into probabilities by hand (test_bundle_support),
-plain ``torch.load(weights_only=True)``, ``git rev-parse HEAD`` and the CacheSpec the test
-chose.
+plain ``torch.load(weights_only=True)``, ``git rev-parse HEAD`` and the Preprocessing the
+test chose.
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from test_bundle_support import (
-    SMALL_SPEC,
+    SMALL,
     hand_probabilities,
     random_models,
     sample_datamodule,
     saved_model,
 )
 
-from cxr_lightning.data.cache import CacheSpec
+from cxr_lightning.data.preprocess import Preprocessing
+from cxr_lightning.errors import ModelMismatchError
 from cxr_lightning.findings import FINDINGS
 from cxr_lightning.inference.bundle import (
     classifier_from_checkpoint,
@@ -29,9 +30,8 @@ from cxr_lightning.inference.bundle import (
     save_bundle,
     validate_thresholds,
 )
-from cxr_lightning.inference.metadata import ModelMismatchError, plan_for
 from cxr_lightning.models.classifier import CXRClassifier
-from cxr_lightning.models.formulations import multiclass_plan
+from cxr_lightning.models.formulations import multiclass_plan, plan_for
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,10 +50,10 @@ def test_round_trip_predicts_what_the_models_predict(tmp_path, formulation):
 
 
 def test_file_is_plain_data_and_describes_the_model(tmp_path):
-    spec = CacheSpec(image_size=48, resize="center_crop", interpolation="linear",
-                     histogram_equalization=True)
+    preprocessing = Preprocessing(48, resize="center_crop", interpolation="linear",
+                                  histogram_equalization=True)
     record = {"edema": {"0.5": 0.5, "youden": 0.31}, "effusion": {"0.5": 0.5, "youden": 0.62}}
-    path, _ = saved_model(tmp_path, "binary", spec=spec,
+    path, _ = saved_model(tmp_path, "binary", preprocessing=preprocessing,
                           thresholds={"edema": 0.31, "effusion": 0.62},
                           threshold_record=record, config={"seed": 3, "model": {"lr": 0.01}})
     raw = torch.load(path, weights_only=True)  # no pickled code: plain values and tensors
@@ -77,7 +77,7 @@ def test_file_is_plain_data_and_describes_the_model(tmp_path):
     if head.returncode == 0:
         assert raw["code_version"]["git_commit"] == head.stdout.strip()
     bundle = load_model(path)
-    assert bundle.spec == spec
+    assert bundle.preprocessing == preprocessing
     assert bundle.thresholds == {"edema": 0.31, "effusion": 0.62}
 
 
@@ -123,7 +123,16 @@ def test_bad_thresholds_are_refused(thresholds, message):
 def test_models_must_match_the_plan(tmp_path):
     with pytest.raises(ValueError, match="needs models for"):
         save_bundle(tmp_path / "x.pt", plan=plan_for("binary"),
-                    models=random_models("multilabel"), spec=SMALL_SPEC)
+                    models=random_models("multilabel"), preprocessing=SMALL)
+
+
+def test_models_must_take_the_preprocessings_channels(tmp_path):
+    """A 3-channel model saved with a 1-channel preprocessing would be fed the wrong input."""
+    with pytest.raises(ValueError, match="1 input channel"):
+        save_bundle(tmp_path / "x.pt", plan=plan_for("multilabel"),
+                    models=random_models("multilabel"),
+                    preprocessing=Preprocessing(32, channels=1))
+    assert not (tmp_path / "x.pt").exists()
 
 
 @pytest.fixture(scope="module")
@@ -143,36 +152,36 @@ def fitted_checkpoints(small_sample, tmp_path_factory):
         paths[name] = folder / f"{name}.ckpt"
         trainer.save_checkpoint(paths[name])
         paths[f"{name}-model"] = model.eval()
-    return paths, datamodule.spec
+    return paths, datamodule.preprocessing
 
 
 def test_lightning_checkpoint_is_self_describing(fitted_checkpoints):
-    paths, spec = fitted_checkpoints
+    paths, preprocessing = fitted_checkpoints
     raw = torch.load(paths["multiclass"], weights_only=True)
     described = raw["cxr_lightning"]
     assert described["formulation"] == "multiclass"
     assert described["findings"] == list(FINDINGS)
     assert described["backbone"] == "resnet18"
-    assert described["preprocessing"]["image_size"] == spec.image_size == 32
-    assert described["preprocessing"]["resize"] == spec.resize
+    assert described["preprocessing"]["image_size"] == preprocessing.image_size == 32
+    assert described["preprocessing"]["resize"] == preprocessing.resize
     bundle = load_model(paths["multiclass"])
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         loaded = bundle.network()(images)
     expected = hand_probabilities("multiclass", [paths["multiclass-model"]], images)
     torch.testing.assert_close(loaded, expected, atol=1e-6, rtol=0)
-    assert bundle.spec == spec
+    assert bundle.preprocessing == preprocessing
 
 
 def test_one_binary_member_checkpoint_is_not_a_whole_model(fitted_checkpoints, tmp_path):
-    paths, spec = fitted_checkpoints
+    paths, preprocessing = fitted_checkpoints
     with pytest.raises(ModelMismatchError, match="pass the job's model.pt"):
         load_model(paths["binary-edema"])
     # what train.py does at the end of a job: both best checkpoints -> one model.pt
     edema = classifier_from_checkpoint(paths["binary-edema"])
     effusion = random_models("binary", seed=5)[1]
     path = save_bundle(tmp_path / "model.pt", plan=plan_for("binary"),
-                       models=[edema, effusion], spec=spec)
+                       models=[edema, effusion], preprocessing=preprocessing)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         loaded = load_model(path).network()(images)
@@ -186,9 +195,9 @@ def test_grey_input_model_keeps_its_one_channel_normalisation(tmp_path):
     model = CXRClassifier(plan.members[0], backbone="resnet18", weights="none",
                           in_channels=1).eval()
     bundle = load_model(save_bundle(tmp_path / "grey.pt", plan=plan, models=[model],
-                                    spec=SMALL_SPEC))
-    assert bundle.channels == 1
-    normalisation = bundle.preprocessing["normalisation"]
+                                    preprocessing=Preprocessing(32, channels=1)))
+    assert bundle.preprocessing.channels == 1
+    normalisation = bundle.preprocessing_record["normalisation"]
     mean, std = sum((0.485, 0.456, 0.406)) / 3, sum((0.229, 0.224, 0.225)) / 3
     assert normalisation["mean"] == pytest.approx([mean], abs=1e-6)
     assert normalisation["std"] == pytest.approx([std], abs=1e-6)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
-from cxr_lightning.data.cache import CacheSpec
 from cxr_lightning.data.datamodule import CXRDataModule
+from cxr_lightning.data.preprocess import Preprocessing
 from cxr_lightning.inference.bundle import save_bundle
-from cxr_lightning.inference.metadata import plan_for
 from cxr_lightning.models.classifier import CXRClassifier
+from cxr_lightning.models.formulations import plan_for
 
-SMALL_SPEC = CacheSpec(image_size=32)
+SMALL = Preprocessing(32)
 
 
 def random_models(formulation: str, backbone: str = "resnet18",
@@ -25,12 +25,12 @@ def random_models(formulation: str, backbone: str = "resnet18",
             for member in plan_for(formulation).members]
 
 
-def saved_model(directory: Path, formulation: str, spec: CacheSpec = SMALL_SPEC,
+def saved_model(directory: Path, formulation: str, preprocessing: Preprocessing = SMALL,
                 **kwargs) -> tuple[Path, list[CXRClassifier]]:
     """``directory/model.pt`` of random models of ``formulation``, and those models."""
     models = random_models(formulation)
     path = save_bundle(directory / f"{formulation}.pt", plan=plan_for(formulation),
-                       models=models, spec=spec, **kwargs)
+                       models=models, preprocessing=preprocessing, **kwargs)
     return path, models
 
 

@@ -9,10 +9,12 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
 from cxr_lightning.data import cache as cache_module
@@ -24,12 +26,12 @@ from cxr_lightning.data.cache import (
     build_shards,
     cache_directory,
     open_image_cache,
-    resize_square,
 )
 from cxr_lightning.data.datamodule import CXRDataModule
 from cxr_lightning.data.mimic import build_mimic_manifest
+from cxr_lightning.data.preprocess import Preprocessing
 
-SPEC = CacheSpec(image_size=16, shard_size=4)
+SPEC = CacheSpec(Preprocessing(16), shard_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -43,31 +45,22 @@ def files_of(directory: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
 
 
-def test_pad_keeps_the_aspect_ratio_and_centres_on_black():
-    blocks = np.array([[10, 20, 30, 40], [50, 60, 70, 80]], dtype=np.uint8)
-    wide = np.kron(blocks, np.ones((2, 2), dtype=np.uint8))  # 4 x 8: 2x2 blocks average exactly
-    expected = np.zeros((4, 4), dtype=np.uint8)
-    expected[1:3] = blocks
-    np.testing.assert_array_equal(resize_square(wide, 4, "pad"), expected)
-    column = np.array([[90], [100], [110]], dtype=np.uint8)
-    tall = np.kron(column, np.ones((2, 2), dtype=np.uint8))  # 6 x 2 -> 3 x 1, centred column
-    expected = np.zeros((3, 3), dtype=np.uint8)
-    expected[:, 1:2] = column
-    np.testing.assert_array_equal(resize_square(tall, 3, "pad"), expected)
-
-
-def test_squash_stretches_and_center_crop_keeps_the_central_square():
-    blocks = np.arange(16, dtype=np.uint8).reshape(4, 4) * 10
-    wide = np.kron(blocks, np.ones((1, 2), dtype=np.uint8))  # 4 x 8: pairs average exactly
-    np.testing.assert_array_equal(resize_square(wide, 4, "squash"), blocks)
-    image = np.arange(32, dtype=np.uint8).reshape(4, 8)
-    np.testing.assert_array_equal(resize_square(image, 4, "center_crop"), image[:, 2:6])
-    np.testing.assert_array_equal(resize_square(image.T, 4, "center_crop"), image.T[2:6])
-
-
-def test_unknown_resize_policy_is_rejected():
-    with pytest.raises(ValueError, match="stretch"):
-        CacheSpec(image_size=16, resize="stretch")
+def test_cache_keys_and_spec_records_are_those_of_format_3_caches():
+    """Existing caches stay valid: the key and spec.json's ``spec`` are what the code wrote
+    before CacheSpec held a Preprocessing (directory names computed by that code), and the
+    input channels, which do not change the cached squares, do not change the key."""
+    listed = pd.DataFrame({"image_id": ["b", "a"], "path": ["files/b.dcm", "files/a.dcm"],
+                           "source": "mimic_cxr"})
+    default = CacheSpec(Preprocessing(512))
+    assert cache_directory(listed, Path("c"), default).name == "mimic_cxr-512px-de60f59fe1a3"
+    other = Preprocessing(64, resize="squash", interpolation="linear",
+                          histogram_equalization=True)
+    for channels in (3, 1):
+        spec = CacheSpec(replace(other, channels=channels), shard_size=8)
+        assert cache_directory(listed, Path("c"), spec).name == "mimic_cxr-64px-8a6aa0a34ef1"
+    assert default.record() == {"image_size": 512, "resize": "pad", "interpolation": "area",
+                                "histogram_equalization": False, "shard_size": 1024,
+                                "format_version": 3}
 
 
 def test_build_is_sharded_deterministic_and_excludes_nothing_it_decoded(manifest, small_sample,
@@ -85,7 +78,7 @@ def test_build_is_sharded_deterministic_and_excludes_nothing_it_decoded(manifest
     cache = open_image_cache(tmp_path / "a", SPEC)
     ordered = sorted(manifest["image_id"])
     assert [cache.row_of[i] for i in ordered] == list(range(12))
-    reference = cache_module.load_and_resize(small_sample / manifest.iloc[5]["path"], SPEC)
+    reference = SPEC.preprocessing.load(small_sample / manifest.iloc[5]["path"])
     np.testing.assert_array_equal(cache.get(manifest.iloc[5]["image_id"]), reference)
 
 
@@ -93,10 +86,12 @@ _SLOW_BUILD = """
 import sys, time
 import pandas as pd
 from cxr_lightning.data import cache
-decode = cache.decode_image
-cache.decode_image = lambda path, *args: (time.sleep(0.1), decode(path, *args))[1]
+from cxr_lightning.data.preprocess import Preprocessing
+decode = Preprocessing.decode
+Preprocessing.decode = lambda self, *args: (time.sleep(0.1), decode(self, *args))[1]
 manifest = pd.read_csv(sys.argv[1], dtype={"image_id": str})
-cache.build_shards(manifest, sys.argv[2], sys.argv[3], cache.CacheSpec(16, shard_size=4), 1)
+cache.build_shards(manifest, sys.argv[2], sys.argv[3],
+                   cache.CacheSpec(Preprocessing(16), shard_size=4), 1)
 """
 
 
@@ -150,11 +145,12 @@ def test_a_cohort_reads_the_cli_cache_of_every_labelled_image(small_sample, tmp_
                              "--workers", "1", "--source", "sample"])
     cohort, report = build_mimic_manifest(small_sample, source="sample")  # drops uncertain
     assert sum(report.dropped.values()) > 0
-    spec = CacheSpec(image_size=16)
+    spec = CacheSpec(Preprocessing(16))
     cache = build_image_cache(cohort, small_sample, tmp_path, spec, 1)
     assert cache.directory == cli.directory and set(cohort["image_id"]) <= cache.row_of.keys()
     assert [p.name for p in tmp_path.iterdir()] == [cli.directory.name]
-    other = build_image_cache(cohort, small_sample, tmp_path, CacheSpec(16, resize="squash"), 1)
+    squash = CacheSpec(Preprocessing(16, resize="squash"))
+    other = build_image_cache(cohort, small_sample, tmp_path, squash, 1)
     assert other.directory != cli.directory
 
 
@@ -188,7 +184,7 @@ def test_undecodable_images_are_recorded_excluded_and_counted(manifest, small_sa
 
 def test_a_cache_built_with_other_parameters_is_never_reused(manifest, small_sample, tmp_path):
     build_shards(manifest, small_sample, tmp_path / "c", SPEC, 1)
-    squash = CacheSpec(image_size=16, resize="squash", shard_size=4)
+    squash = CacheSpec(Preprocessing(16, resize="squash"), shard_size=4)
     with pytest.raises(CacheSpecMismatchError, match=r'"pad".*"squash".*delete'):
         open_image_cache(tmp_path / "c", squash)
     with pytest.raises(CacheSpecMismatchError, match="image_list_hash"):
@@ -238,7 +234,7 @@ def test_a_cache_in_object_storage_streams_shard_by_shard(small_sample, tmp_path
         assert np.array_equal(remote.cache.get(image_id), local.cache.get(image_id))
     assert len(fetched_shards()) == 1  # the one shard, copied on first read
     with pytest.raises(CacheSpecMismatchError):
-        open_image_cache(url, CacheSpec(image_size=48), tmp_path / "other")
+        open_image_cache(url, CacheSpec(Preprocessing(48)), tmp_path / "other")
     bucket.rm(f"{url}/shard-00000.npy")
     bucket.rm(f"{url}/shard-00000.index.csv")
     bucket.pipe(f"{url}/shard-00000.index.csv", b"image_id\nnot-this-cohort\n")

@@ -13,12 +13,11 @@ import pytest
 import torch
 from conftest import sample_tables
 
-from cxr_lightning.data import cache as cache_module
 from cxr_lightning.data.cache import CacheSpec, build_image_cache, cache_directory
 from cxr_lightning.data.datamodule import CXRDataModule
 from cxr_lightning.data.mimic import build_mimic_manifest
+from cxr_lightning.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from cxr_lightning.data.sample import generate_sample
-from cxr_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 @pytest.fixture()
@@ -75,23 +74,23 @@ def test_worker_batches_equal_in_process_batches(datamodule):
 
 
 def test_training_never_decodes_dicom(datamodule, monkeypatch):
-    def forbidden(path, spec):
+    def forbidden(self, path, max_pixels=0):
         raise AssertionError(f"decoded {path} during training")
 
-    monkeypatch.setattr(cache_module, "decode_image", forbidden)
+    monkeypatch.setattr(Preprocessing, "decode", forbidden)
     datamodule.setup("fit")
     assert len(list(datamodule.train_dataloader())) > 0
 
 
 def test_cache_is_reused_and_keyed_by_parameters(small_sample, tmp_path):
     manifest, _ = build_mimic_manifest(small_sample, source="sample")
-    first = build_image_cache(manifest, small_sample, tmp_path, CacheSpec(image_size=32), 1)
+    first = build_image_cache(manifest, small_sample, tmp_path, CacheSpec(Preprocessing(32)), 1)
     stamp = (first.directory / "shard-00000.npy").stat().st_mtime_ns
-    again = build_image_cache(manifest, small_sample, tmp_path, CacheSpec(image_size=32), 1)
+    again = build_image_cache(manifest, small_sample, tmp_path, CacheSpec(Preprocessing(32)), 1)
     assert again.directory == first.directory
     assert (again.directory / "shard-00000.npy").stat().st_mtime_ns == stamp
-    assert cache_directory(manifest, tmp_path, CacheSpec(image_size=40)) != first.directory
-    assert cache_directory(manifest.iloc[1:], tmp_path, CacheSpec(32)) != first.directory
+    for other, images in ((Preprocessing(40), manifest), (Preprocessing(32), manifest.iloc[1:])):
+        assert cache_directory(images, tmp_path, CacheSpec(other)) != first.directory
 
 
 def test_undecodable_images_are_recorded_and_skipped(small_sample, tmp_path):
@@ -102,7 +101,7 @@ def test_undecodable_images_are_recorded_and_skipped(small_sample, tmp_path):
     broken = manifest.iloc[3]
     (root / broken["path"]).write_bytes(b"not a dicom file")
     (root / manifest.iloc[5]["path"]).unlink()
-    cache = build_image_cache(manifest, root, tmp_path / "cache", CacheSpec(image_size=32), 1)
+    cache = build_image_cache(manifest, root, tmp_path / "cache", CacheSpec(Preprocessing(32)), 1)
     assert set(cache.skipped["image_id"]) == {broken["image_id"], manifest.iloc[5]["image_id"]}
     assert broken["path"] in cache.skipped["path"].tolist()
     assert cache.skipped["reason"].str.len().min() > 0

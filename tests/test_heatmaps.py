@@ -1,8 +1,8 @@
-"""Grad-CAM heatmaps: the target each finding's map is taken for, the way back to the original
-geometry, and maps on real NIH ChestX-ray14 radiographs.
+"""Grad-CAM heatmaps: the target each finding's map is taken for, and maps on real NIH
+ChestX-ray14 radiographs (the way back to the original geometry: test_preprocess).
 
 References: Grad-CAM computed by hand (forward hook + torch.autograd.grad + the paper's
-channel weighting), the cache's own resize_square, and the original files' sizes.
+channel weighting) and the original files' sizes.
 """
 
 from __future__ import annotations
@@ -14,18 +14,14 @@ import torch
 from PIL import Image
 from test_bundle_support import random_models, saved_model
 
-from cxr_lightning.data.cache import CacheSpec, pad_box, resize_square
-from cxr_lightning.data.transforms import normalise_batch
+from cxr_lightning.data.preprocess import Preprocessing
 from cxr_lightning.findings import FINDINGS
 from cxr_lightning.inference.bundle import load_model
-from cxr_lightning.inference.geometry import to_original_geometry
 from cxr_lightning.inference.heatmaps import finding_heatmaps, gradcam_layer
 from cxr_lightning.inference.images import prepare_image
 from cxr_lightning.inference.network import FindingProbabilities
 from cxr_lightning.inference.predictor import predict_files
 from cxr_lightning.models.backbones import build_backbone
-
-SHAPES = [(40, 50), (50, 40), (33, 64), (64, 17), (31, 31), (100, 3)]
 
 
 def _hand_gradcam(model, images: torch.Tensor, target) -> np.ndarray:
@@ -89,36 +85,6 @@ def test_target_layer_is_the_last_block():
         gradcam_layer(torch.nn.Conv2d(1, 1, 1))
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-def test_pad_box_is_where_the_cache_puts_the_image(shape):
-    box = np.argwhere(resize_square(np.full(shape, 255, np.uint8), 32, "pad") > 0)
-    top, left, height, width = pad_box(*shape, 32)
-    assert (top, left) == tuple(box.min(axis=0))
-    assert (top + height, left + width) == tuple(box.max(axis=0) + 1)
-
-
-@pytest.mark.parametrize("policy", ["pad", "squash", "center_crop"])
-@pytest.mark.parametrize("shape", [(120, 160), (160, 96)])
-def test_maps_return_to_the_original_geometry(policy, shape):
-    """A smooth original resized by the cache and mapped back is the original again (up to
-    the resampling blur), with center_crop's unseen sides left at 0."""
-    rows, cols = np.mgrid[0:shape[0], 0:shape[1]]
-    original = (127 + 120 * np.sin(rows / 23.0) * np.cos(cols / 17.0)).astype(np.uint8)
-    spec = CacheSpec(image_size=64, resize=policy)
-    square = resize_square(original, 64, policy).astype(np.float32)
-    back = to_original_geometry(square, shape, spec)
-    assert back.shape == shape
-    seen = np.ones(shape, bool)
-    if policy == "center_crop":
-        side = min(shape)
-        seen[:] = False
-        top, left = (shape[0] - side) // 2, (shape[1] - side) // 2
-        seen[top:top + side, left:left + side] = True
-        assert (back[~seen] == 0).all()
-    error = np.abs(back[seen] - original[seen].astype(np.float32))
-    assert error.mean() < 6 and np.median(error) < 4
-
-
 @pytest.mark.realdata
 def test_heatmaps_on_real_radiographs(shared_data, tmp_path):
     folder = shared_data / "nih_chestxray14_fullres" / "images"
@@ -130,18 +96,19 @@ def test_heatmaps_on_real_radiographs(shared_data, tmp_path):
     full = cv2.imread(str(larger), cv2.IMREAD_UNCHANGED)
     assert cv2.imwrite(str(cropped), full[full.shape[0] // 5:])
     files = [*originals, cropped]
-    model_path, _ = saved_model(tmp_path, "multilabel", spec=CacheSpec(image_size=64))
+    model_path, _ = saved_model(tmp_path, "multilabel", preprocessing=Preprocessing(64))
     bundle = load_model(model_path)
     out = tmp_path / "out"
     table = predict_files(bundle, files, out_dir=out, heatmaps=True, device="cpu")
     assert (table["error"] == "").all()
     network = bundle.network()
     for index, path in enumerate(files):
-        original, square = prepare_image(path, bundle.spec)
-        images = normalise_batch(torch.from_numpy(square)[None], bundle.channels)
+        original, square = prepare_image(path, bundle.preprocessing)
+        images = bundle.preprocessing.normalise(torch.from_numpy(square)[None])
         maps = finding_heatmaps(network, images)
         for column, finding in enumerate(FINDINGS):
-            heatmap = to_original_geometry(maps[0, column], original.shape, bundle.spec)
+            heatmap = bundle.preprocessing.to_original_geometry(maps[0, column],
+                                                                original.shape)
             assert heatmap.shape == original.shape
             assert heatmap.std() > 0.05, (path, finding)  # not constant
             assert heatmap.min() >= 0 and heatmap.max() <= 1

@@ -19,15 +19,14 @@ from pydicom.data import get_testdata_file
 from test_bundle_support import hand_probabilities, sample_datamodule, saved_model
 
 from cxr_lightning import predict
-from cxr_lightning.data.cache import CacheSpec
-from cxr_lightning.data.transforms import normalise_batch
+from cxr_lightning.data.preprocess import Preprocessing
 from cxr_lightning.errors import BadValueError
 from cxr_lightning.inference.bundle import load_model, save_bundle
 from cxr_lightning.inference.images import InputImages, collate_inputs
 from cxr_lightning.inference.inputs import collect_inputs
-from cxr_lightning.inference.metadata import plan_for
 from cxr_lightning.inference.predictor import PREDICTION_COLUMNS, predict_files, resolve_device
 from cxr_lightning.models.classifier import CXRClassifier
+from cxr_lightning.models.formulations import plan_for
 
 PROBABILITIES = ["edema_prob", "effusion_prob"]
 LABELS = ["edema_label", "effusion_label"]
@@ -60,15 +59,16 @@ def _dicom_without_pixels(path: Path) -> Path:
                          ids=["pad", "squash-equalised"])
 def test_predict_input_is_the_training_cache_tensor(small_sample, tmp_path, options):
     datamodule = sample_datamodule(small_sample, **options)
-    model_path, models = saved_model(tmp_path, "multiclass", spec=datamodule.spec)
-    bundle = load_model(model_path)  # the spec comes back from the file, not from the test
-    assert bundle.spec == datamodule.spec
+    model_path, models = saved_model(tmp_path, "multiclass",
+                                     preprocessing=datamodule.preprocessing)
+    bundle = load_model(model_path)  # the preprocessing comes back from the file, not the test
+    assert bundle.preprocessing == datamodule.preprocessing
     loaded = next(iter(datamodule.test_dataloader()))
     training = datamodule.on_after_batch_transfer(loaded, 0)["image"]
     files = [small_sample / p for p in datamodule.split_manifest("test")["path"][:len(training)]]
-    dataset = InputImages(files, bundle.spec)
+    dataset = InputImages(files, bundle.preprocessing)
     prepared = collate_inputs([dataset[i] for i in range(len(files))])
-    assert torch.equal(normalise_batch(prepared.images, bundle.channels), training)
+    assert torch.equal(bundle.preprocessing.normalise(prepared.images), training)
     table = predict_files(bundle, files, batch_size=3, device="cpu")
     np.testing.assert_allclose(table[PROBABILITIES].to_numpy(),
                                hand_probabilities("multiclass", models, training).numpy(),
@@ -136,8 +136,8 @@ def test_bad_inputs_are_reported_and_the_batch_completes(tmp_path, mixed_inputs)
         assert rows[twin]["effusion_prob"] == pytest.approx(rows["png8"]["effusion_prob"],
                                                             abs=1e-6)
     # the good ones, by hand
-    expected = hand_probabilities("binary", models, normalise_batch(_padded_by_hand(
-        mixed_inputs["png8"])))
+    expected = hand_probabilities("binary", models, _normalised_by_hand(_padded_by_hand(
+        mixed_inputs["png8"]), 3))
     assert [rows["png8"]["edema_prob"], rows["png8"]["effusion_prob"]] == pytest.approx(
         expected[0].tolist(), abs=1e-6)
 
@@ -166,16 +166,26 @@ def _padded_by_hand(path: Path) -> torch.Tensor:
     return torch.from_numpy(padded)[None]
 
 
+def _normalised_by_hand(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """(N, channels, S, S): ``(x / 255 - mean) / std`` with ImageNet's constants per channel,
+    or with their means for one channel."""
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    if channels == 1:
+        mean, std = mean.mean(dim=1, keepdim=True), std.mean(dim=1, keepdim=True)
+    return (images[:, None].float() / 255 - mean) / std
+
+
 def test_grey_input_model_gets_one_channel_input(tmp_path, mixed_inputs):
     torch.manual_seed(0)
     plan = plan_for("multiclass")
     model = CXRClassifier(plan.members[0], backbone="resnet18", weights="none",
                           in_channels=1).eval()
     bundle = load_model(save_bundle(tmp_path / "grey.pt", plan=plan, models=[model],
-                                    spec=CacheSpec(image_size=32)))
+                                    preprocessing=Preprocessing(32, channels=1)))
     table = predict_files(bundle, [mixed_inputs["png8"]], device="cpu")
     expected = hand_probabilities("multiclass", [model],
-                                  normalise_batch(_padded_by_hand(mixed_inputs["png8"]), 1))
+                                  _normalised_by_hand(_padded_by_hand(mixed_inputs["png8"]), 1))
     np.testing.assert_allclose(table[PROBABILITIES].to_numpy(), expected.numpy(), atol=1e-6)
 
 

@@ -17,12 +17,10 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from test_bundle_support import random_models, saved_model
 from test_predict import _grey, _write
 
-from cxr_lightning.data.cache import CacheSpec
-from cxr_lightning.data.transforms import normalise_batch
+from cxr_lightning.data.preprocess import Preprocessing
 from cxr_lightning.findings import FINDINGS
 from cxr_lightning.inference import predictor
 from cxr_lightning.inference.bundle import load_model
-from cxr_lightning.inference.geometry import to_original_geometry
 from cxr_lightning.inference.heatmaps import finding_heatmaps, gradcam_layer, write_overlay
 from cxr_lightning.inference.images import InputImages, collate_inputs
 from cxr_lightning.inference.network import FindingProbabilities
@@ -84,19 +82,19 @@ def test_pool_writes_the_overlays_a_sequential_write_gives(tmp_path):
     files = [_write(folder / f"image{i}.png", _grey((90 + 7 * i, 100), seed=i))
              for i in range(5)]
     # 96 px: ResNet18's last block is 3x3, so the maps vary (at 32 px it is 1x1: constant maps)
-    bundle = load_model(saved_model(tmp_path, "multilabel", spec=CacheSpec(image_size=96))[0])
+    bundle = load_model(saved_model(tmp_path, "multilabel", preprocessing=Preprocessing(96))[0])
     table = predict_files(bundle, files, tmp_path / "out", heatmaps=True, batch_size=2,
                           device="cpu", num_workers=2)
     network = bundle.network()
-    dataset = InputImages(files, bundle.spec, keep_originals=True)
+    dataset = InputImages(files, bundle.preprocessing, keep_originals=True)
     for start in range(0, len(files), 2):  # the predictor's batches, written one by one here
         batch = collate_inputs([dataset[i] for i in range(start, min(start + 2, len(files)))])
-        maps = finding_heatmaps(network, normalise_batch(batch.images, bundle.channels))
+        maps = finding_heatmaps(network, bundle.preprocessing.normalise(batch.images))
         assert (maps.std(axis=(2, 3)) > 0.05).all()  # informative maps: a mix-up would show
         for item, item_maps in zip(batch.items, maps, strict=True):
             for finding, square_map in zip(FINDINGS, item_maps, strict=True):
                 expected = write_overlay(
                     tmp_path / "expected.png", item.original,
-                    to_original_geometry(square_map, item.original_shape, bundle.spec))
+                    bundle.preprocessing.to_original_geometry(square_map, item.original_shape))
                 written = tmp_path / "out" / table[f"{finding}_heatmap"].iloc[item.index]
                 assert written.read_bytes() == expected.read_bytes(), written

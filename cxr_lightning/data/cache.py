@@ -3,7 +3,8 @@
 Layout of a cache directory (``{cache_dir}/{source}-{size}px-{key}``, ``key`` hashing the
 preprocessing parameters and the image list, so a changed parameter means a new directory)::
 
-    spec.json                  CacheSpec (size, resize policy, interpolation, shard size, format
+    spec.json                  CacheSpec (the preprocessing's square parameters: size, resize
+                               policy, interpolation, histogram equalisation; shard size, format
                                version) + the image-list hash + image and shard counts + the
                                resolved source root
     shard-00000.npy            uint8 (n, S, S), n = shard_size except in the last shard
@@ -52,7 +53,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -63,47 +64,42 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cxr_lightning.commands import HelpFormatter, program_name
-from cxr_lightning.data.images import MAX_PIXELS, read_image_uint8
+from cxr_lightning.data.images import MAX_PIXELS
+from cxr_lightning.data.preprocess import PREPROCESSING_VERSION, RESIZE_POLICIES, Preprocessing
 from cxr_lightning.errors import run_command
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 3
+CACHE_FORMAT_VERSION = PREPROCESSING_VERSION  # one number: bump it for decoding or layout
 DEFAULT_SHARD_SIZE = 1024
-RESIZE_POLICIES = ("pad", "squash", "center_crop")
 COMPLETE_MARKER = "COMPLETE"
 #: Default largest fraction of a cache's images that may fail before the build is an error.
 MAX_FAILED_FRACTION = 0.05
 _STAT_COLUMNS = ("size", "mtime_ns")
-_INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 
 
 @dataclass(frozen=True)
 class CacheSpec:
-    """Preprocessing parameters that define a cache's contents.
+    """What defines a cache's contents: the preprocessing that makes its squares (of which only
+    the :data:`~cxr_lightning.data.preprocess.SQUARE_FIELDS` count, not the normalisation)
+    and how they are stored."""
 
-    ``resize``: ``pad`` keeps the aspect ratio and pads to a square with 0 (black), the image
-    centred (an odd remainder goes to the bottom/right); ``squash`` stretches to the square;
-    ``center_crop`` keeps the central square. ``interpolation="area"`` (cv2.INTER_AREA) is the
-    anti-aliased choice for downsampling. ``histogram_equalization`` is passed to
-    :func:`~cxr_lightning.data.images.read_image_uint8`.
-    """
-
-    image_size: int
-    resize: str = "pad"
-    interpolation: str = "area"
-    histogram_equalization: bool = False
+    preprocessing: Preprocessing
     shard_size: int = DEFAULT_SHARD_SIZE
     format_version: int = CACHE_FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        if self.resize not in RESIZE_POLICIES:
-            raise ValueError(f"resize={self.resize!r}: expected one of {RESIZE_POLICIES}")
-        if self.interpolation not in _INTERPOLATIONS:
-            raise ValueError(f"interpolation={self.interpolation!r}: expected one of "
-                             f"{tuple(_INTERPOLATIONS)}")
-        if self.image_size < 1 or self.shard_size < 1:
-            raise ValueError(f"image_size and shard_size must be positive: {self}")
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be positive: {self}")
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocessing.image_size
+
+    def record(self) -> dict:
+        """The spec as spec.json stores it and the cache key hashes it (flat, as in format 3)."""
+        return {**self.preprocessing.square_record(), "shard_size": self.shard_size,
+                "format_version": self.format_version}
 
 
 class CacheSpecMismatchError(ValueError):
@@ -179,49 +175,6 @@ class BuildSummary:
     complete: bool
 
 
-def pad_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
-    """``(top, left, new_h, new_w)``: where the ``pad`` policy puts an image in its square
-    (aspect kept, the longer side scaled to ``size``, centred, an odd remainder bottom/right)."""
-    scale = size / max(height, width)
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    return (size - new_h) // 2, (size - new_w) // 2, new_h, new_w
-
-
-def resize_square(image: np.ndarray, size: int, policy: str = "pad",
-                  interpolation: str = "area") -> np.ndarray:
-    """Resize a 2-D uint8 image to (size, size) with a :class:`CacheSpec` resize policy."""
-    if image.ndim != 2 or min(image.shape) < 1:
-        raise ValueError(f"expected a non-empty 2-D image, got shape {image.shape}")
-    flag = _INTERPOLATIONS[interpolation]
-    height, width = image.shape
-    if policy == "squash":
-        return cv2.resize(image, (size, size), interpolation=flag)
-    if policy == "center_crop":
-        side = min(height, width)
-        top, left = (height - side) // 2, (width - side) // 2
-        return cv2.resize(image[top:top + side, left:left + side], (size, size),
-                          interpolation=flag)
-    if policy != "pad":
-        raise ValueError(f"resize={policy!r}: expected one of {RESIZE_POLICIES}")
-    top, left, new_h, new_w = pad_box(height, width, size)
-    padded = np.zeros((size, size), dtype=np.uint8)
-    padded[top:top + new_h, left:left + new_w] = cv2.resize(image, (new_w, new_h),
-                                                            interpolation=flag)
-    return padded
-
-
-def decode_image(path: Path, spec: CacheSpec, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode one DICOM/PNG/JPEG file to 8-bit grey (255 = bright); ImageDecodeError if not."""
-    return read_image_uint8(path, histogram_equalization=spec.histogram_equalization,
-                            max_pixels=max_pixels)
-
-
-def load_and_resize(path: Path, spec: CacheSpec, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode one image file and resize it to the spec's square."""
-    return resize_square(decode_image(path, spec, max_pixels), spec.image_size, spec.resize,
-                         spec.interpolation)
-
-
 def image_list_hash(manifest: pd.DataFrame) -> str:
     """SHA-256 of the sorted (image_id, path) pairs: the identity of the image list."""
     digest = hashlib.sha256()
@@ -232,7 +185,7 @@ def image_list_hash(manifest: pd.DataFrame) -> str:
 
 def cache_directory(manifest: pd.DataFrame, cache_dir: Path, spec: CacheSpec) -> Path:
     """The directory a cache of these images under this spec lives in."""
-    digest = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps(spec.record(), sort_keys=True).encode())
     digest.update(image_list_hash(manifest).encode())
     source = str(manifest["source"].iloc[0]) if len(manifest) else "empty"
     return Path(cache_dir) / f"{source}-{spec.image_size}px-{digest.hexdigest()[:12]}"
@@ -256,7 +209,7 @@ def build_image_cache(
     directory = cache_directory(manifest, Path(cache_dir), spec)
     root = _resolved(source_root)
     if (directory / COMPLETE_MARKER).is_file():
-        _check_spec(directory, {"spec": asdict(spec), "source_root": root})
+        _check_spec(directory, {"spec": spec.record(), "source_root": root})
         if not _stale_shards(directory, root):
             log.info("Using the image cache %s", directory)
             return open_image_cache(directory, spec)
@@ -281,7 +234,7 @@ def _covering_cache(manifest: pd.DataFrame, directory: Path, spec: CacheSpec,
     wanted = set(manifest["image_id"])
     for candidate in sorted(directory.parent.glob(f"{prefix}-*/{COMPLETE_MARKER}")):
         record = json.loads((candidate.parent / "spec.json").read_text())
-        if (record["spec"] != asdict(spec) or record.get("source_root") != root
+        if (record["spec"] != spec.record() or record.get("source_root") != root
                 or record["n_images"] < len(wanted)):
             continue
         if _stale_shards(candidate.parent, root):
@@ -387,7 +340,7 @@ def open_image_cache(location: str | Path, spec: CacheSpec,
         directory, local = str(location).rstrip("/"), str(local_copies)
     else:
         directory, local = Path(location), None
-    record = _check_spec(directory, {"spec": asdict(spec)})
+    record = _check_spec(directory, {"spec": spec.record()})
     if not _exists(_member(directory, COMPLETE_MARKER)):
         raise FileNotFoundError(f"image cache {directory} is incomplete (no {COMPLETE_MARKER}): "
                                 "run the build again, it resumes with the missing shards")
@@ -426,7 +379,7 @@ def _read_text(location: str | Path) -> str:
 
 def _spec_record(spec: CacheSpec, ordered: pd.DataFrame, root: str) -> dict:
     n = len(ordered)
-    return {"spec": asdict(spec), "image_list_hash": image_list_hash(ordered), "n_images": n,
+    return {"spec": spec.record(), "image_list_hash": image_list_hash(ordered), "n_images": n,
             "n_shards": -(-n // spec.shard_size), "source_root": root}
 
 
@@ -571,7 +524,7 @@ def _decode_task(task: tuple[str, CacheSpec, int]) -> np.ndarray | str:
     """The resized image, or the reason it could not be made (whatever the exception)."""
     path, spec, max_pixels = task
     try:
-        return load_and_resize(Path(path), spec, max_pixels)
+        return spec.preprocessing.load(Path(path), max_pixels)
     except Exception as error:  # one bad file never stops the build; the reason names it
         reason = f"{type(error).__name__}: {error}"
         return reason if path in reason else f"{reason} ({path})"
@@ -638,8 +591,9 @@ def main(argv: list[str] | None = None) -> BuildSummary:
                         help="refuse images declaring more pixels (before decoding them)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    spec = CacheSpec(image_size=args.size, resize=args.resize, shard_size=args.shard_size,
-                     histogram_equalization=args.histogram_equalization)
+    spec = CacheSpec(Preprocessing(args.size, resize=args.resize,
+                                   histogram_equalization=args.histogram_equalization),
+                     shard_size=args.shard_size)
     # every labelled image (uncertain/blank labels masked, all views): a cache that covers
     # whichever cohort the DataModule selects from this source
     manifest, _ = build_mimic_manifest(args.root, args.labeler, args.source, label_policy="mask")

@@ -21,10 +21,11 @@ from torch.utils.data import DataLoader, Dataset
 from cxr_lightning.data.cache import CacheSpec, ImageCache, build_image_cache, open_image_cache
 from cxr_lightning.data.cohort import cohort_summary
 from cxr_lightning.data.manifest import CohortReport
+from cxr_lightning.data.preprocess import Preprocessing
 from cxr_lightning.data.sample import generate_sample, is_complete_sample, sample_out_dir
 from cxr_lightning.data.sampling import EpochSampler, ResumableDataLoader
 from cxr_lightning.data.sources import build_manifest
-from cxr_lightning.data.transforms import augment, normalise_batch, training_augmentation
+from cxr_lightning.data.transforms import augment, training_augmentation
 from cxr_lightning.data.workers import OneOpenCVThreadLoader
 from cxr_lightning.findings import FINDINGS
 
@@ -109,15 +110,15 @@ class CXRDataModule(pl.LightningDataModule):
         self.source = source
         self.cohort_options = {"labeler": labeler, "label_policy": label_policy, "views": views,
                                "split": split, "split_seed": split_seed}
-        self.spec = CacheSpec(image_size=image_size, resize=resize,
-                              histogram_equalization=histogram_equalization)
+        self.preprocessing = Preprocessing(image_size, resize=resize, channels=channels,
+                                           histogram_equalization=histogram_equalization)
+        self.spec = CacheSpec(self.preprocessing)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.cache_dir = Path(cache_dir)
         self.cache_workers = cache_workers
         self.cache_url = cache_url
         self.augment = augment
-        self.channels = channels
         self.seed = seed
         self.predict_split = "test"
         self.sample = sample
@@ -196,7 +197,7 @@ class CXRDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor],
                                 dataloader_idx: int) -> dict[str, torch.Tensor]:
         """On the device: uint8 grey images -> normalised float with ``channels`` channels."""
-        return {**batch, "image": normalise_batch(batch["image"], self.channels)}
+        return {**batch, "image": self.preprocessing.normalise(batch["image"])}
 
     def train_dataloader(self) -> ResumableDataLoader:
         """The training split, shuffled and augmented per epoch from ``seed``; under DDP each

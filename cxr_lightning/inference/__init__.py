@@ -1,6 +1,6 @@
 """Using a trained model: the self-describing artefact, prediction, heatmaps and export.
 
-Modules: :mod:`.metadata` (what describes a model), :mod:`.bundle` (save / load the artefact),
+Modules: :mod:`.bundle` (save / load the self-describing artefact),
 :mod:`.network` (members -> one (N, 2) probability network), :mod:`.inputs` (paths, folders,
 globs, manifests), :mod:`.images` (file -> model input, exactly as the training cache),
 :mod:`.heatmaps` (Grad-CAM overlays in the original geometry), :mod:`.predictor` (the batch

@@ -10,9 +10,9 @@ The file is ``torch.save`` of plain values and tensors only, so it loads with
     findings          ["edema", "effusion"]
     members           per model of the formulation (binary: one per finding, in FINDINGS order):
                       {name, findings, hparams (CXRClassifier's), state_dict}
-    preprocessing     image_size, resize, interpolation, histogram_equalization (the training
-                      cache's CacheSpec), cache_format_version, normalisation {channels, mean,
-                      std} (see cxr_lightning.inference.metadata)
+    preprocessing     image_size, resize, interpolation, histogram_equalization,
+                      cache_format_version, normalisation {channels, mean, std}: the record of
+                      the training's cxr_lightning.data.preprocess.Preprocessing
     thresholds        {finding: float}: a probability > its threshold is labelled 1, the
                       project's rule (torchmetrics', and that of the validation-chosen
                       operating points); 0.5 unless validation-chosen thresholds were given
@@ -39,21 +39,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cxr_lightning.data.cache import CacheSpec
-from cxr_lightning.errors import MissingFileError
+from cxr_lightning.data.preprocess import Preprocessing
+from cxr_lightning.errors import MissingFileError, ModelMismatchError
 from cxr_lightning.evaluation.metrics import THRESHOLD
 from cxr_lightning.findings import FINDINGS
-from cxr_lightning.inference.metadata import (
-    CHECKPOINT_METADATA_KEY,
-    ModelMismatchError,
-    code_version,
-    plan_for,
-    preprocessing_record,
-    spec_from_record,
-)
 from cxr_lightning.inference.network import FindingProbabilities
 from cxr_lightning.models.classifier import CXRClassifier
-from cxr_lightning.models.formulations import Formulation, FormulationPlan
+from cxr_lightning.models.description import CHECKPOINT_METADATA_KEY
+from cxr_lightning.models.formulations import Formulation, FormulationPlan, plan_for
+from cxr_lightning.provenance import code_version
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +63,16 @@ class ModelBundle:
     formulation: str
     backbone: str
     members: list[CXRClassifier]
-    preprocessing: dict[str, Any]
-    """The saved preprocessing record (module doc); ``spec`` and ``channels`` come from it."""
+    preprocessing_record: dict[str, Any]
+    """The saved preprocessing record (module doc), as saved; ``preprocessing`` is made from
+    it."""
     thresholds: dict[str, float]
     threshold_record: Any = None
     code_version: dict[str, Any] | None = None
     config: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        self.spec: CacheSpec = spec_from_record(self.preprocessing)
-        self.channels: int = int(self.preprocessing["normalisation"]["channels"])
+        self.preprocessing = Preprocessing.from_record(self.preprocessing_record)
 
     def network(self) -> FindingProbabilities:
         """All members as one network: normalised images -> (N, 2) probabilities; eval mode,
@@ -106,13 +100,13 @@ def save_bundle(
     *,
     plan: FormulationPlan,
     models: Sequence[CXRClassifier],
-    spec: CacheSpec,
+    preprocessing: Preprocessing,
     thresholds: Mapping[str, float] | None = None,
     threshold_record: Any = None,
     config: DictConfig | Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the formulation's trained ``models`` (one per ``plan`` member, in its order) as one
-    self-describing file (atomically). ``spec`` is the training cache's spec, ``thresholds``
+    self-describing file (atomically). ``preprocessing`` is the training's, ``thresholds``
     the ``{finding: probability}`` cut-offs for labels (default 0.5), ``threshold_record`` how
     they were chosen and ``config`` the job's config, both kept for the record."""
     if len(models) != len(plan.members) or any(
@@ -123,9 +117,10 @@ def save_bundle(
                          f"{[m.formulation.findings for m in models]}")
     backbones = {model.hparams["backbone"] for model in models}
     channels = {int(model.hparams.get("in_channels", 3)) for model in models}
-    if len(backbones) != 1 or len(channels) != 1:
-        raise ValueError(f"the models of one formulation share a backbone and input channels, "
-                         f"got {backbones} and {channels}")
+    if len(backbones) != 1 or channels != {preprocessing.channels}:
+        raise ValueError(f"the models of one formulation share a backbone and the "
+                         f"preprocessing's {preprocessing.channels} input channel(s), got "
+                         f"{backbones} and {channels}")
     record = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_FORMAT_VERSION,
@@ -136,7 +131,7 @@ def save_bundle(
                      "hparams": _plain(dict(model.hparams)),
                      "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
                     for model, member in zip(models, plan.members, strict=True)],
-        "preprocessing": preprocessing_record(spec, channels.pop()),
+        "preprocessing": preprocessing.record(),
         "thresholds": validate_thresholds(thresholds),
         "threshold_record": _plain(threshold_record),
         "code_version": code_version(),
@@ -208,7 +203,7 @@ def _from_bundle(raw: dict[str, Any], path: Path) -> ModelBundle:
                for member, m in zip(plan.members, stored, strict=True)]
     return ModelBundle(
         source=path, formulation=raw["formulation"], backbone=raw["backbone"],
-        members=members, preprocessing=raw["preprocessing"],
+        members=members, preprocessing_record=raw["preprocessing"],
         thresholds=validate_thresholds(raw["thresholds"]),
         threshold_record=raw.get("threshold_record"), code_version=raw.get("code_version"),
         config=raw.get("config"))
@@ -228,7 +223,7 @@ def _from_checkpoint(raw: dict[str, Any], path: Path) -> ModelBundle:
     model = _rebuild(member, raw["hyper_parameters"], raw["state_dict"], path)
     return ModelBundle(
         source=path, formulation=described["formulation"], backbone=described["backbone"],
-        members=[model], preprocessing=described["preprocessing"],
+        members=[model], preprocessing_record=described["preprocessing"],
         thresholds=validate_thresholds(None), code_version=described.get("code_version"))
 
 

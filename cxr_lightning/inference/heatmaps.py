@@ -17,7 +17,8 @@
 * **Map.** pytorch-grad-cam's ``GradCAM``: ReLU of the gradient-weighted activations,
   min-max scaled to [0, 1] per image, upsampled bilinearly to the input square and scaled to
   [0, 1] again (a map with no positive evidence stays all 0, and is logged); then cut
-  back to the original geometry (:func:`~cxr_lightning.inference.geometry.to_original_geometry`)
+  back to the original geometry (:meth:`Preprocessing.to_original_geometry
+  <cxr_lightning.data.preprocess.Preprocessing.to_original_geometry>`)
   and drawn over the decoded original with ``show_cam_on_image`` (JET colormap, half weight).
 """
 

@@ -1,10 +1,9 @@
 """An image file -> the network's input, through the very functions that fill the training cache.
 
-:func:`~cxr_lightning.data.cache.decode_image` (DICOM windowing, MONOCHROME1, PNG/JPEG grey
-rules, optional histogram equalisation) then :func:`~cxr_lightning.data.cache.resize_square`
-under the model's :class:`~cxr_lightning.data.cache.CacheSpec` give the uint8 square the cache
-would hold; :func:`~cxr_lightning.data.transforms.normalise_batch` on the device then gives
-the float batch training fed the network. Nothing is re-specified here.
+The model's :class:`~cxr_lightning.data.preprocess.Preprocessing` decodes a file (DICOM
+windowing, MONOCHROME1, PNG/JPEG grey rules, optional histogram equalisation) and fits it into
+the uint8 square the cache would hold; its ``normalise`` on the device then gives the float
+batch training fed the network. Nothing is re-specified here.
 
 A file that cannot be decoded (missing, corrupt, no pixel data, colour, smaller than 2x2,
 larger than the pixel limit, unsupported type, out of memory, any other exception) becomes an
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cxr_lightning.data.cache import CacheSpec, decode_image, resize_square
+from cxr_lightning.data.preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +57,20 @@ class InputBatch:
         return InputBatch(self.items, self.images.pin_memory())
 
 
-def prepare_image(path: Path, spec: CacheSpec) -> tuple[np.ndarray, np.ndarray]:
+def prepare_image(path: Path, preprocessing: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
     """The decoded grey image (H, W) and its resized square (S, S), both uint8."""
-    original = decode_image(path, spec)
-    return original, resize_square(original, spec.image_size, spec.resize, spec.interpolation)
+    original = preprocessing.decode(path)
+    return original, preprocessing.to_square(original)
 
 
 class InputImages(Dataset):
-    """Map-style dataset of input files prepared under a model's spec (DataLoader-ready)."""
+    """Map-style dataset of input files prepared under a model's preprocessing
+    (DataLoader-ready)."""
 
-    def __init__(self, paths: Sequence[Path], spec: CacheSpec,
+    def __init__(self, paths: Sequence[Path], preprocessing: Preprocessing,
                  keep_originals: bool = False) -> None:
         self.paths = list(paths)
-        self.spec = spec
+        self.preprocessing = preprocessing
         self.keep_originals = keep_originals
 
     def __len__(self) -> int:
@@ -79,7 +79,7 @@ class InputImages(Dataset):
     def __getitem__(self, index: int) -> PreparedImage:
         path = self.paths[index]
         try:
-            original, square = prepare_image(path, self.spec)
+            original, square = prepare_image(path, self.preprocessing)
         except Exception as error:  # any failure (decode, memory) is this file's error row
             log.warning("Skipping %s: %s", path, error)
             return PreparedImage(index, path, None, None, None,

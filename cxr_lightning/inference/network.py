@@ -16,7 +16,7 @@ class FindingProbabilities(nn.Module):
     """Every member model of a formulation, output as per-finding probabilities.
 
     Input: the normalised float batch (N, C, H, W) that training feeds the network
-    (:func:`~cxr_lightning.data.transforms.normalise_batch` of the cached uint8 images).
+    (:meth:`~cxr_lightning.data.preprocess.Preprocessing.normalise` of the cached uint8 images).
     Output: (N, 2) probabilities in :data:`FINDINGS` order, each finding from the member
     that predicts it (binary: one model per finding; multiclass: the marginals).
 

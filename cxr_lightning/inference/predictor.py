@@ -24,13 +24,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from cxr_lightning.data.cache import CacheSpec
-from cxr_lightning.data.transforms import normalise_batch
+from cxr_lightning.data.preprocess import Preprocessing
 from cxr_lightning.data.workers import OneOpenCVThreadLoader
 from cxr_lightning.evaluation.metrics import probability_column
 from cxr_lightning.findings import FINDINGS
 from cxr_lightning.inference.bundle import ModelBundle
-from cxr_lightning.inference.geometry import to_original_geometry
 from cxr_lightning.inference.heatmaps import finding_heatmaps, write_overlay
 from cxr_lightning.inference.images import InputBatch, InputImages, PreparedImage, collate_inputs
 
@@ -124,7 +122,7 @@ def predict_files(
     network = bundle.network().to(target, memory_format=options.memory_format)
     if num_workers is None:
         num_workers = default_workers(len(paths), batch_size)
-    dataset = InputImages(paths, bundle.spec, keep_originals=heatmaps)
+    dataset = InputImages(paths, bundle.preprocessing, keep_originals=heatmaps)
     loader = OneOpenCVThreadLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                                    collate_fn=collate_inputs, pin_memory=options.pin_memory)
     batch_probabilities: list[torch.Tensor] = []
@@ -134,13 +132,14 @@ def predict_files(
     log.info("Predicting %d files with the %s model on %s (%d decoding workers)", len(paths),
              bundle.formulation, target, num_workers)
     with (tqdm(total=len(paths), unit="img", desc=f"Predicting ({bundle.formulation})") as bar,
-          OverlayWriter(out_dir / HEATMAP_DIR if heatmaps else None, bundle.spec) as writer):
+          OverlayWriter(out_dir / HEATMAP_DIR if heatmaps else None,
+                        bundle.preprocessing) as writer):
         for batch in loader:
             for item in batch.items:
                 errors[item.index] = item.error
             if batch.decoded:
-                images = normalise_batch(batch.images.to(target, non_blocking=options.pin_memory),
-                                         bundle.channels)
+                images = bundle.preprocessing.normalise(
+                    batch.images.to(target, non_blocking=options.pin_memory))
                 images = images.contiguous(memory_format=options.memory_format)
                 with torch.inference_mode(), torch.autocast(target.type, options.autocast,
                                                             enabled=options.autocast is not None):
@@ -194,9 +193,9 @@ class OverlayWriter:
     when the block closes.
     """
 
-    def __init__(self, folder: Path | None, spec: CacheSpec) -> None:
+    def __init__(self, folder: Path | None, preprocessing: Preprocessing) -> None:
         self.folder = folder
-        self.spec = spec
+        self.preprocessing = preprocessing
         self.pool: ThreadPoolExecutor | None = None
         self.pending: list[Future] = []
 
@@ -229,7 +228,7 @@ class OverlayWriter:
                 overlays[finding][item.index] = f"{HEATMAP_DIR}/{name}"
 
     def _write(self, path: Path, item: PreparedImage, square_map: np.ndarray) -> Path:
-        heatmap = to_original_geometry(square_map, item.original_shape, self.spec)
+        heatmap = self.preprocessing.to_original_geometry(square_map, item.original_shape)
         return write_overlay(path, item.original, heatmap)
 
 

@@ -16,8 +16,8 @@ from torchmetrics.aggregation import SumMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from cxr_lightning.findings import mean_of_defined
-from cxr_lightning.inference.metadata import CHECKPOINT_METADATA_KEY, checkpoint_metadata
 from cxr_lightning.models.backbones import build_backbone, unfreezable_blocks
+from cxr_lightning.models.description import CHECKPOINT_METADATA_KEY, checkpoint_description
 from cxr_lightning.models.formulations import Formulation
 
 log = logging.getLogger(__name__)
@@ -130,11 +130,11 @@ class CXRClassifier(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Make the checkpoint self-describing: formulation, findings, backbone, the trainer's
-        datamodule preprocessing (when it has a cache ``spec``) and the code version, under
-        ``checkpoint["cxr_lightning"]`` (see :mod:`cxr_lightning.inference.metadata`)."""
-        spec = getattr(getattr(self.trainer, "datamodule", None), "spec", None)
-        checkpoint[CHECKPOINT_METADATA_KEY] = checkpoint_metadata(self.formulation,
-                                                                  self.hparams, spec)
+        datamodule ``preprocessing`` (when it has one) and the code version, under
+        ``checkpoint["cxr_lightning"]`` (see :mod:`cxr_lightning.models.description`)."""
+        preprocessing = getattr(getattr(self.trainer, "datamodule", None), "preprocessing", None)
+        checkpoint[CHECKPOINT_METADATA_KEY] = checkpoint_description(self.formulation,
+                                                                     self.hparams, preprocessing)
 
     def on_fit_start(self) -> None:
         """cuDNN autotuning on CUDA (the batch shape is fixed), unless the trainer is

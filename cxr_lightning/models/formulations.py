@@ -5,16 +5,21 @@ and asks its formulation for the head width, the loss and the probabilities. A *
 (:class:`FormulationPlan`) lists the models one job trains: ``binary`` is two single-finding
 models, ``multilabel`` and ``multiclass`` one model each. Downstream code merges every plan's
 predictions into the same (N, 2) per-finding table, so evaluation never branches on it.
+:data:`PLANS` names every plan; a new formulation is a class and a plan here, plus its
+``conf/formulation/*.yaml``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from cxr_lightning.errors import ModelMismatchError
 from cxr_lightning.findings import (
     FINDINGS,
     NUM_COMBINATIONS,
@@ -29,6 +34,8 @@ class Formulation(ABC):
 
     findings: tuple[str, ...]
     """The findings this model predicts, in :data:`FINDINGS` order."""
+    plan_name: ClassVar[str]
+    """The name of the plan (in :data:`PLANS`) whose models are of this class."""
 
     @property
     @abstractmethod
@@ -67,6 +74,8 @@ def _masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 class BinaryFormulation(Formulation):
     """One finding, one sigmoid output, BCE (the study's formulation (a), one model per finding)."""
 
+    plan_name = "binary"
+
     def __init__(self, finding: str) -> None:
         if finding not in FINDINGS:
             raise ValueError(f"unknown finding {finding!r}; expected one of {FINDINGS}")
@@ -88,6 +97,7 @@ class MultilabelFormulation(Formulation):
     """Both findings, two sigmoid outputs, BCE (formulation (b))."""
 
     findings = FINDINGS
+    plan_name = "multilabel"
 
     @property
     def num_outputs(self) -> int:
@@ -113,6 +123,7 @@ class MulticlassFormulation(Formulation):
     """
 
     findings = FINDINGS
+    plan_name = "multiclass"
 
     def __init__(self) -> None:
         self.class_weights: torch.Tensor | None = None
@@ -203,3 +214,19 @@ def multilabel_plan() -> FormulationPlan:
 def multiclass_plan() -> FormulationPlan:
     """Formulation (c): one model with a 4-way softmax over the label combinations."""
     return FormulationPlan("multiclass", [MulticlassFormulation()])
+
+
+PLANS: dict[str, Callable[[], FormulationPlan]] = {
+    "binary": binary_plan,
+    "multilabel": multilabel_plan,
+    "multiclass": multiclass_plan,
+}
+"""Formulation name -> its plan (the same factories as conf/formulation/*.yaml)."""
+
+
+def plan_for(formulation: str) -> FormulationPlan:
+    """The training plan of a formulation name; a clear error for an unknown one."""
+    if formulation not in PLANS:
+        raise ModelMismatchError(
+            f"unknown formulation {formulation!r}; this code knows {', '.join(PLANS)}")
+    return PLANS[formulation]()
