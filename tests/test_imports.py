@@ -2,7 +2,7 @@
 
 The package's sources are parsed (``ast``), never imported; every ``import`` counts, also one
 inside a function. Layers, lowest first (:data:`LAYERS`): base modules, data, models,
-callbacks, evaluation, training, inference, report. A module may import its own layer and
+callbacks, evaluation, inference, training, report. A module may import its own layer and
 those below; an entry point (:data:`ENTRY_POINTS`) may import anything and nothing imports it.
 """
 
@@ -20,16 +20,18 @@ SOURCES = Path(__file__).resolve().parents[1] / PACKAGE
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("cxr_lightning", "cxr_lightning.findings", "cxr_lightning.errors",
               "cxr_lightning.commands", "cxr_lightning.resolvers", "cxr_lightning.preset",
-              "cxr_lightning.provenance")),
+              "cxr_lightning.provenance", "cxr_lightning.console")),
     ("data", ("cxr_lightning.data",)),
     ("models", ("cxr_lightning.models",)),
     ("callbacks", ("cxr_lightning.callbacks",)),
     # statistics on saved predictions, imports only base modules; below training because
     # results.py (metrics into results.json) and tracking.py (curves to W&B) use it
     ("evaluation", ("cxr_lightning.evaluation",)),
-    ("training", ("cxr_lightning.train", "cxr_lightning.results", "cxr_lightning.sweep",
-                  "cxr_lightning.tracking", "cxr_lightning.csv_log")),
+    # a trained model as a file and its use: training saves its bundle through it
     ("inference", ("cxr_lightning.inference",)),
+    ("training", ("cxr_lightning.train", "cxr_lightning.training", "cxr_lightning.job_record",
+                  "cxr_lightning.results", "cxr_lightning.sweep", "cxr_lightning.tracking",
+                  "cxr_lightning.csv_log")),
     ("report", ("cxr_lightning.report",)),
     ("entry points", ("cxr_lightning.predict", "cxr_lightning.export")),
 )
