@@ -27,7 +27,8 @@ from cxr_lightning.data.cache import (
     resize_square,
 )
 from cxr_lightning.data.datamodule import CXRDataModule
-from cxr_lightning.data.mimic import build_mimic_manifest
+from cxr_lightning.data.sources.mimic import build_sample
+from cxr_lightning.data.sources.options import SourceOptions
 
 SPEC = CacheSpec(image_size=16, shard_size=4)
 
@@ -35,7 +36,7 @@ SPEC = CacheSpec(image_size=16, shard_size=4)
 @pytest.fixture(scope="module")
 def manifest(small_sample):
     """The first 12 images of the sample (three shards of four)."""
-    full, _ = build_mimic_manifest(small_sample, source="sample")
+    full, _ = build_sample(small_sample, SourceOptions())
     return full.iloc[:12].reset_index(drop=True)
 
 
@@ -148,7 +149,7 @@ def test_cli_parts_together_equal_a_full_build(small_sample, tmp_path):
 def test_a_cohort_reads_the_cli_cache_of_every_labelled_image(small_sample, tmp_path):
     cli = cache_module.main(["--root", str(small_sample), "--out", str(tmp_path), "--size", "16",
                              "--workers", "1", "--source", "sample"])
-    cohort, report = build_mimic_manifest(small_sample, source="sample")  # drops uncertain
+    cohort, report = build_sample(small_sample, SourceOptions())  # drops uncertain
     assert sum(report.dropped.values()) > 0
     spec = CacheSpec(image_size=16)
     cache = build_image_cache(cohort, small_sample, tmp_path, spec, 1)

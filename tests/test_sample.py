@@ -20,13 +20,13 @@ from conftest import sample_tables
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from cxr_lightning.data.sample import (
+from cxr_lightning.data.sample.__main__ import main
+from cxr_lightning.data.sample.generate import (
     CHEXPERT_FINDINGS,
     COHORT_COUNTS,
     LAYOUTS,
     generate_sample,
     is_complete_sample,
-    main,
     sample_directories,
     sample_out_dir,
     sample_study_labels,

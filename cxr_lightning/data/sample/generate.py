@@ -10,19 +10,14 @@ Writes the DICOM images (``files/pXX/pSUBJECT/sSTUDY/DICOM_ID.dcm``) and the fou
 * ``single``: everything in ``OUT``.
 
 Edema and pleural effusion labels follow the study cohort's joint distribution and are
-*visible* in the rendered images (see :mod:`cxr_lightning.data.sample_render`), so models can
+*visible* in the rendered images (see :mod:`cxr_lightning.data.sample.render`), so models can
 learn them. The CSVs are written after all images, and a ``SAMPLE_COMPLETE`` JSON marker in the
 image directory last, so a half-written sample is never mistaken for a complete one
-(:func:`is_complete_sample`).
-
-Usage::
-
-    python -m cxr_lightning.data.sample --out DIR --n-subjects 400 --seed 0
+(:func:`is_complete_sample`). The command line is :mod:`cxr_lightning.data.sample.__main__`.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import gzip
 import json
@@ -39,28 +34,26 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from cxr_lightning.commands import plain, program_name
 from cxr_lightning.data.dicom import read_dicom_uint8
-from cxr_lightning.data.mimic import image_path
-from cxr_lightning.data.sample_render import (
+from cxr_lightning.data.sample.render import (
     DicomStyle,
     ImageSpec,
     StudyFindings,
     write_image,
 )
-from cxr_lightning.errors import run_command
+from cxr_lightning.data.sources.mimic import RECORD_LIST, image_path, study_directory, table_name
 
 logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "1.0"
 MARKER_FILE = "SAMPLE_COMPLETE"
-CHEXPERT_FILE = "mimic-cxr-2.0.0-chexpert.csv.gz"
-NEGBIO_FILE = "mimic-cxr-2.0.0-negbio.csv.gz"
-METADATA_FILE = "mimic-cxr-2.0.0-metadata.csv.gz"
-SPLIT_FILE = "mimic-cxr-2.0.0-split.csv.gz"
+CHEXPERT_FILE = table_name("chexpert")
+NEGBIO_FILE = table_name("negbio")
+METADATA_FILE = table_name("metadata")
+SPLIT_FILE = table_name("split")
 CSV_FILES = (SPLIT_FILE, METADATA_FILE, NEGBIO_FILE, CHEXPERT_FILE)
 """In writing order; the chexpert labels go last."""
-RECORD_LIST_FILE = "cxr-record-list.csv.gz"
+RECORD_LIST_FILE = RECORD_LIST
 STUDY_LIST_FILE = "cxr-study-list.csv.gz"
 LAYOUTS = ("physionet", "single")
 PHYSIONET_DICOM_DIR = Path("physionet.org", "files", "mimic-cxr", "2.0.0")
@@ -450,8 +443,7 @@ def _record_lists(images: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     records = images[["subject_id", "study_id", "dicom_id"]].copy()
     records["path"] = [image_path(s, t, d) for s, t, d in records.itertuples(index=False)]
     studies = records[["subject_id", "study_id"]].drop_duplicates(ignore_index=True)
-    studies["path"] = [f"files/p{str(s)[:2]}/p{s}/s{t}.txt" for s, t in studies.itertuples(
-        index=False)]
+    studies["path"] = [f"{study_directory(s, t)}.txt" for s, t in studies.itertuples(index=False)]
     return records, studies
 
 
@@ -518,33 +510,3 @@ def generate_sample(out_dir: Path, n_subjects: int = 400, seed: int = 0, *,
     logger.info("Wrote sample to %s in %.1f s (images in %s, tables in %s)", out_dir,
                 time.perf_counter() - started, images_dir, tables_dir)
     return images_dir
-
-
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=program_name("cxr_lightning.data.sample"),
-                                     description=plain(__doc__.split("\n\n")[0]))
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--n-subjects", type=int, default=400)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing sample")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: CPUs)")
-    parser.add_argument("--layout", choices=LAYOUTS, default="physionet",
-                        help="physionet: DICOM project and MIMIC-CXR-JPG tables side by side "
-                             "under OUT/physionet.org/files/ (as downloaded); single: all in OUT")
-    parser.add_argument("--jpg", action="store_true",
-                        help="also write the MIMIC-CXR-JPG project's .jpg images")
-    parser.add_argument("--log-level", default="INFO")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point."""
-    args = _parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
-    root = generate_sample(args.out, args.n_subjects, args.seed, overwrite=args.overwrite,
-                           workers=args.workers, layout=args.layout, jpg=args.jpg)
-    logger.info("Train on it with: python -m cxr_lightning.train data.root=%s", root)
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_command(main))
