@@ -13,7 +13,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
+from conftest import sample_tables
 
 from cxr_lightning.data import cache as cache_module
 from cxr_lightning.data.cache import (
@@ -27,6 +29,7 @@ from cxr_lightning.data.cache import (
     resize_square,
 )
 from cxr_lightning.data.datamodule import CXRDataModule
+from cxr_lightning.data.sample import generate_sample
 from cxr_lightning.data.sources.mimic import build_sample
 from cxr_lightning.data.sources.options import SourceOptions
 
@@ -157,6 +160,23 @@ def test_a_cohort_reads_the_cli_cache_of_every_labelled_image(small_sample, tmp_
     assert [p.name for p in tmp_path.iterdir()] == [cli.directory.name]
     other = build_image_cache(cohort, small_sample, tmp_path, CacheSpec(16, resize="squash"), 1)
     assert other.directory != cli.directory
+
+
+def test_cli_caches_mimic_cxr_jpg_from_its_jpg_files(tmp_path):
+    """--source mimic_cxr_jpg reads the MIMIC-CXR-JPG project: every image by its .jpg file."""
+    jpg_root = sample_tables(generate_sample(tmp_path / "mimic", n_subjects=4, seed=3, workers=1,
+                                             jpg=True))
+    built = cache_module.main(["--root", str(jpg_root), "--out", str(tmp_path / "cache"),
+                               "--size", "16", "--workers", "1", "--source", "mimic_cxr_jpg"])
+    assert built.complete and built.directory.name.startswith("mimic_cxr_jpg-16px-")
+    index = pd.concat([pd.read_csv(p) for p in sorted(built.directory.glob("shard-*.index.csv"))])
+    metadata = pd.read_csv(jpg_root / "mimic-cxr-2.0.0-metadata.csv.gz")
+    expected = {f"files/p{str(s)[:2]}/p{s}/s{t}/{d}.jpg" for d, s, t in
+                metadata[["dicom_id", "subject_id", "study_id"]].itertuples(index=False)}
+    assert set(index["path"]) == expected  # MIMIC-CXR-JPG's naming, every image with labels
+    assert all((jpg_root / path).is_file() for path in index["path"])
+    failures = [pd.read_csv(p) for p in built.directory.glob("shard-*.failures.csv")]
+    assert sum(len(f) for f in failures) == 0
 
 
 def test_undecodable_images_are_recorded_excluded_and_counted(manifest, small_sample, tmp_path,

@@ -10,6 +10,7 @@ import pytest
 from cxr_lightning.data.manifest import MANIFEST_COLUMNS, validate_manifest
 from cxr_lightning.data.sources.chexpert import build as build_chexpert
 from cxr_lightning.data.sources.options import SourceOptions, apply_label_policy
+from cxr_lightning.errors import UserError
 
 FOLDER = "CheXpert-v1.0-small"
 NAN = float("nan")
@@ -166,3 +167,12 @@ def test_missing_or_ambiguous_dataset_folder(tmp_path, chexpert):
         (tmp_path / name / "train.csv").write_text("Path\n")
     with pytest.raises(ValueError, match="several CheXpert folders"):
         build_chexpert(tmp_path, SourceOptions())
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"labeler": "negbio"}, "data.labeler=negbio applies to MIMIC-CXR only"),
+    ({"labels_root": "tables"}, "data.labels_root applies to MIMIC-CXR only"),
+])
+def test_mimic_only_options_are_refused(chexpert, options, message):
+    with pytest.raises(UserError, match=message):
+        build_chexpert(chexpert, SourceOptions(**options))

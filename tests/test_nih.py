@@ -1,14 +1,17 @@
 """NIH ChestX-ray14 adapter: the real 64 px sample against its CSV, and synthetic layouts."""
 
+import json
 import logging
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from cxr_lightning.data.cohort import main as cohort_main
 from cxr_lightning.data.manifest import MANIFEST_COLUMNS, validate_manifest
 from cxr_lightning.data.sources.nih import build as build_nih
 from cxr_lightning.data.sources.options import SourceOptions
+from cxr_lightning.errors import UserError
 
 NIH_SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "nih_chestxray14_64px"
 CSV_COLUMNS = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
@@ -128,3 +131,28 @@ def test_missing_csv_names_the_file_and_what_root_holds(tmp_path):
 def test_unknown_split_policy_is_refused(tmp_path):
     with pytest.raises(ValueError, match="data.split"):
         build_nih(tmp_path, SourceOptions(split="official_v2"))
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"label_policy": "mask"}, "data.label_policy does not apply to NIH"),
+    ({"labeler": "negbio"}, "data.labeler=negbio applies to MIMIC-CXR only"),
+    ({"labels_root": "tables"}, "data.labels_root applies to MIMIC-CXR only"),
+])
+def test_options_nih_cannot_honour_are_refused(tmp_path, options, message):
+    _synthetic_nih(tmp_path, missing=set(), patients=range(1, 5))
+    with pytest.raises(UserError, match=message):
+        build_nih(tmp_path, SourceOptions(**options))
+    assert len(build_nih(tmp_path, SourceOptions(label_policy="drop"))[0]) == 8  # a no-op
+
+
+def test_cohort_cli_reads_nih_through_the_registry(tmp_path, capsys):
+    table = _synthetic_nih(tmp_path, missing={"00000003_000.png"}, patients=range(1, 21))
+    cohort_main(["--root", str(tmp_path), "--source", "nih", "--split", "random_patient"])
+    counts = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert counts["images_in_source"] == len(table) == 40
+    assert counts["images_in_cohort"] == 39 and counts["dropped"]["image_file_missing"] == 1
+    # (edema, effusion) per Finding Labels, counted by hand from _synthetic_nih's cycle
+    tokens = table.loc[table["Image Index"] != "00000003_000.png", "Finding Labels"].str.split("|")
+    edema, effusion = tokens.map(lambda t: "Edema" in t), tokens.map(lambda t: "Effusion" in t)
+    assert sum(counts["table"]["1,1"].values()) == int((edema & effusion).sum())
+    assert sum(counts["table"]["0,0"].values()) == int((~edema & ~effusion).sum())
