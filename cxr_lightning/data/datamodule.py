@@ -69,8 +69,9 @@ class CXRDataModule(pl.LightningDataModule):
     With ``sample`` set (a dict of generator arguments), a MIMIC-CXR-format sample is generated
     first when ``root`` holds no complete sample: in PhysioNet's layout when ``root`` is a
     ``.../physionet.org/files/mimic-cxr/2.0.0`` path (the tables then go to the sibling
-    MIMIC-CXR-JPG project), else all into ``root``. ``labels_root`` is where MIMIC-CXR-JPG's
-    tables are (default: found from ``root``, see
+    MIMIC-CXR-JPG project), else all into ``root``; grown where its subjects are too few to
+    train a multiclass model (:func:`~cxr_lightning.data.sample.generate.trainable_plan`).
+    ``labels_root`` is where MIMIC-CXR-JPG's tables are (default: found from ``root``, see
     :func:`~cxr_lightning.data.sources.mimic.resolve_layout`). ``source`` is a name of the
     registry (:data:`~cxr_lightning.data.sources.SOURCES`), read under the cohort options
     (:class:`~cxr_lightning.data.sources.options.SourceOptions`), both checked on construction.
@@ -138,7 +139,7 @@ class CXRDataModule(pl.LightningDataModule):
         if self.sample is not None and not is_complete_sample(self.root):
             out_dir, layout = sample_out_dir(self.root)
             log.info("Generating the MIMIC-CXR-format sample (%s layout) into %s", layout, out_dir)
-            generate_sample(out_dir, layout=layout, **self.sample)
+            generate_sample(out_dir, layout=layout, trainable=True, **self.sample)
         self._load()
 
     def setup(self, stage: str | None = None) -> None:
