@@ -45,7 +45,7 @@ def cohort() -> int:
 
 def sample() -> int:
     """``cxr-sample``: ``python -m cxr_lightning.data.sample``."""
-    return _run("cxr_lightning.data.sample")
+    return _run("cxr_lightning.data.sample.__main__")
 
 
 def program_name(module: str) -> str:

@@ -152,7 +152,7 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="cxr-rehearsal-"))
     started = time.perf_counter()
     try:
-        root = generate_sample(out / "download", n_subjects=subjects, seed=0)
+        root = generate_sample(out / "download", n_subjects=subjects, seed=0, trainable=True)
         cache_img_s = cache_rate_per_core(args.fullsize_dicoms) * cache_workers
         sweep, study_s = run_study(out, root, device, formulations, extra)
         summary = summarise(sweep)

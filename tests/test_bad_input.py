@@ -32,11 +32,12 @@ from cxr_lightning.data.cache import (
     build_shards,
     open_image_cache,
 )
-from cxr_lightning.data.chexpert import build_chexpert_manifest
 from cxr_lightning.data.images import ImageDecodeError, read_image_uint8
-from cxr_lightning.data.mimic import build_mimic_manifest
-from cxr_lightning.data.nih import build_nih_manifest
 from cxr_lightning.data.preprocess import Preprocessing
+from cxr_lightning.data.sources.chexpert import build as build_chexpert
+from cxr_lightning.data.sources.mimic import build as build_mimic
+from cxr_lightning.data.sources.nih import build as build_nih
+from cxr_lightning.data.sources.options import SourceOptions
 from cxr_lightning.data.tables import TableError
 from cxr_lightning.inference import images as inference_images
 from cxr_lightning.inference.images import InputImages
@@ -232,7 +233,7 @@ def sample_copy(small_sample: Path, tmp_path: Path) -> tuple[pd.DataFrame, Path]
     shutil.copytree(small_sample, root)
     for table in sample_tables(small_sample).glob("*.csv.gz"):  # one directory holds it all
         shutil.copy(table, root)
-    manifest, _ = build_mimic_manifest(root)
+    manifest, _ = build_mimic(root, SourceOptions())
     return manifest.iloc[:12].reset_index(drop=True), root
 
 
@@ -340,7 +341,7 @@ def _edit_csv(root: Path, name: str, edit) -> Path:
 
 def _table_error(root: Path, path: Path, match: str) -> None:
     with pytest.raises(TableError, match=match) as raised:
-        build_mimic_manifest(root)
+        build_mimic(root, SourceOptions())
     assert str(path) in str(raised.value)
 
 
@@ -403,7 +404,7 @@ def test_nih_blank_patient_id_is_an_error(tmp_path: Path) -> None:
     path.write_text("Image Index,Finding Labels,Follow-up #,Patient ID,View Position\n"
                     "00000001_000.png,Edema,0,1,PA\n00000002_000.png,No Finding,0,,AP\n")
     with pytest.raises(TableError, match=rf"{path}: column 'Patient ID' is blank on line 3"):
-        build_nih_manifest(tmp_path)
+        build_nih(tmp_path, SourceOptions())
 
 
 def test_chexpert_words_as_labels_are_an_error(tmp_path: Path) -> None:
@@ -414,7 +415,7 @@ def test_chexpert_words_as_labels_are_an_error(tmp_path: Path) -> None:
     (tmp_path / "valid.csv").write_text(header)
     with pytest.raises(TableError, match=r"train.csv: column 'Edema' must hold numbers; line 2 "
                                          r"holds 'positive'"):
-        build_chexpert_manifest(tmp_path)
+        build_chexpert(tmp_path, SourceOptions())
 
 
 def test_a_predict_manifest_without_rows_is_named(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import sample_tables
 
 from cxr_lightning.data import cache as cache_module
 from cxr_lightning.data.cache import (
@@ -28,8 +29,10 @@ from cxr_lightning.data.cache import (
     open_image_cache,
 )
 from cxr_lightning.data.datamodule import CXRDataModule
-from cxr_lightning.data.mimic import build_mimic_manifest
 from cxr_lightning.data.preprocess import Preprocessing
+from cxr_lightning.data.sample import generate_sample
+from cxr_lightning.data.sources.mimic import build_sample
+from cxr_lightning.data.sources.options import SourceOptions
 
 SPEC = CacheSpec(Preprocessing(16), shard_size=4)
 
@@ -37,7 +40,7 @@ SPEC = CacheSpec(Preprocessing(16), shard_size=4)
 @pytest.fixture(scope="module")
 def manifest(small_sample):
     """The first 12 images of the sample (three shards of four)."""
-    full, _ = build_mimic_manifest(small_sample, source="sample")
+    full, _ = build_sample(small_sample, SourceOptions())
     return full.iloc[:12].reset_index(drop=True)
 
 
@@ -143,7 +146,7 @@ def test_cli_parts_together_equal_a_full_build(small_sample, tmp_path):
 def test_a_cohort_reads_the_cli_cache_of_every_labelled_image(small_sample, tmp_path):
     cli = cache_module.main(["--root", str(small_sample), "--out", str(tmp_path), "--size", "16",
                              "--workers", "1", "--source", "sample"])
-    cohort, report = build_mimic_manifest(small_sample, source="sample")  # drops uncertain
+    cohort, report = build_sample(small_sample, SourceOptions())  # drops uncertain
     assert sum(report.dropped.values()) > 0
     spec = CacheSpec(Preprocessing(16))
     cache = build_image_cache(cohort, small_sample, tmp_path, spec, 1)
@@ -152,6 +155,23 @@ def test_a_cohort_reads_the_cli_cache_of_every_labelled_image(small_sample, tmp_
     squash = CacheSpec(Preprocessing(16, resize="squash"))
     other = build_image_cache(cohort, small_sample, tmp_path, squash, 1)
     assert other.directory != cli.directory
+
+
+def test_cli_caches_mimic_cxr_jpg_from_its_jpg_files(tmp_path):
+    """--source mimic_cxr_jpg reads the MIMIC-CXR-JPG project: every image by its .jpg file."""
+    jpg_root = sample_tables(generate_sample(tmp_path / "mimic", n_subjects=4, seed=3, workers=1,
+                                             jpg=True))
+    built = cache_module.main(["--root", str(jpg_root), "--out", str(tmp_path / "cache"),
+                               "--size", "16", "--workers", "1", "--source", "mimic_cxr_jpg"])
+    assert built.complete and built.directory.name.startswith("mimic_cxr_jpg-16px-")
+    index = pd.concat([pd.read_csv(p) for p in sorted(built.directory.glob("shard-*.index.csv"))])
+    metadata = pd.read_csv(jpg_root / "mimic-cxr-2.0.0-metadata.csv.gz")
+    expected = {f"files/p{str(s)[:2]}/p{s}/s{t}/{d}.jpg" for d, s, t in
+                metadata[["dicom_id", "subject_id", "study_id"]].itertuples(index=False)}
+    assert set(index["path"]) == expected  # MIMIC-CXR-JPG's naming, every image with labels
+    assert all((jpg_root / path).is_file() for path in index["path"])
+    failures = [pd.read_csv(p) for p in built.directory.glob("shard-*.failures.csv")]
+    assert sum(len(f) for f in failures) == 0
 
 
 def test_undecodable_images_are_recorded_excluded_and_counted(manifest, small_sample, tmp_path,

@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_lightning.data.chexpert import build_chexpert_manifest
-from cxr_lightning.data.cohort import apply_label_policy
 from cxr_lightning.data.manifest import MANIFEST_COLUMNS, validate_manifest
+from cxr_lightning.data.sources.chexpert import build as build_chexpert
+from cxr_lightning.data.sources.options import SourceOptions, apply_label_policy
+from cxr_lightning.errors import UserError
 
 FOLDER = "CheXpert-v1.0-small"
 NAN = float("nan")
@@ -63,7 +64,7 @@ def labels_of(manifest: pd.DataFrame, patient: int) -> list[float]:
 
 
 def test_default_policy_drops_uncertain_or_blank(chexpert):
-    manifest, report = build_chexpert_manifest(chexpert)
+    manifest, report = build_chexpert(chexpert, SourceOptions())
     assert list(manifest.columns) == list(MANIFEST_COLUMNS)
     assert report.images_in_source == len(ROWS) == 30
     assert report.dropped == {"view_not_selected": 0, "image_file_missing": 1,
@@ -83,7 +84,7 @@ def test_default_policy_drops_uncertain_or_blank(chexpert):
     ("mask", {2: [NAN, 1.0], 3: [NAN, 0.0], 4: [0.0, NAN], 5: [0.0, NAN]}),
 ])
 def test_policies_map_uncertain_and_blank(chexpert, policy, expected):
-    manifest, report = build_chexpert_manifest(chexpert, label_policy=policy)
+    manifest, report = build_chexpert(chexpert, SourceOptions(label_policy=policy))
     assert report.dropped["image_file_missing"] == 1
     assert sum(report.dropped.values()) == 1
     assert len(manifest) == 29
@@ -95,24 +96,24 @@ def test_policies_map_uncertain_and_blank(chexpert, policy, expected):
 
 
 def test_policy_per_finding(chexpert):
-    manifest, report = build_chexpert_manifest(
-        chexpert, label_policy={"edema": "mask", "effusion": "drop"})
+    manifest, report = build_chexpert(
+        chexpert, SourceOptions(label_policy={"edema": "mask", "effusion": "drop"}))
     assert report.dropped["effusion_uncertain"] == report.dropped["effusion_blank"] == 1
     assert report.dropped["edema_uncertain"] == report.dropped["edema_blank"] == 0
     assert report.options["label_policy"] == {"edema": "mask", "effusion": "drop"}
     assert len(manifest) == 27
     assert manifest["edema"].isna().sum() == 2 and manifest["effusion"].notna().all()
     with pytest.raises(ValueError, match="label_policy edema='ignore'"):
-        build_chexpert_manifest(chexpert, label_policy="ignore")
+        build_chexpert(chexpert, SourceOptions(label_policy="ignore"))
     with pytest.raises(ValueError, match="unknown finding"):
-        build_chexpert_manifest(chexpert, label_policy={"pneumonia": "zeros"})
+        build_chexpert(chexpert, SourceOptions(label_policy={"pneumonia": "zeros"}))
     codes = pd.DataFrame({"edema": [1.0, 2.0], "effusion": [0.0, 0.0]})
     with pytest.raises(ValueError, match=r"edema labels must be 1, 0, -1 or blank, found \[2.0\]"):
         apply_label_policy(codes, {"edema": "zeros", "effusion": "zeros"}, {})
 
 
 def test_views_ids_and_paths(chexpert):
-    manifest, _ = build_chexpert_manifest(chexpert, label_policy="zeros")
+    manifest, _ = build_chexpert(chexpert, SourceOptions(label_policy="zeros"))
     by_id = manifest.set_index("image_id")
     assert by_id.loc["train/patient00001/study1/view2_lateral.jpg", "view"] == "LATERAL"
     assert by_id.loc["valid/patient00090/study1/view2_lateral.jpg", "view"] == "LATERAL"
@@ -120,14 +121,15 @@ def test_views_ids_and_paths(chexpert):
     assert set(manifest["view"]) == {"PA", "AP", "LATERAL"}
     assert by_id.loc["train/patient00005/study2/view1_frontal.jpg", "subject_id"] == 5
     assert by_id.loc["train/patient00005/study2/view1_frontal.jpg", "study_id"] == 5002
-    frontal, report = build_chexpert_manifest(chexpert, label_policy="zeros", views=["pa", "AP"])
+    frontal, report = build_chexpert(chexpert,
+                                     SourceOptions(label_policy="zeros", views=["pa", "AP"]))
     assert set(frontal["view"]) == {"PA", "AP"}
     assert report.dropped["view_not_selected"] == 2
 
 
 def test_root_is_the_dataset_folder_or_its_parent(chexpert):
-    from_parent, _ = build_chexpert_manifest(chexpert)
-    from_folder, _ = build_chexpert_manifest(chexpert / FOLDER)
+    from_parent, _ = build_chexpert(chexpert, SourceOptions())
+    from_folder, _ = build_chexpert(chexpert / FOLDER, SourceOptions())
     assert from_parent["image_id"].equals(from_folder["image_id"])
     assert from_parent["split"].equals(from_folder["split"])
     assert (from_parent["path"] == FOLDER + "/" + from_folder["path"]).all()
@@ -136,22 +138,22 @@ def test_root_is_the_dataset_folder_or_its_parent(chexpert):
 
 
 def test_official_split_valid_is_test_and_val_is_patient_level(chexpert):
-    manifest, _ = build_chexpert_manifest(chexpert, label_policy="zeros", split_seed=2)
+    manifest, _ = build_chexpert(chexpert, SourceOptions(label_policy="zeros", split_seed=2))
     test_subjects = set(manifest.loc[manifest["split"] == "test", "subject_id"])
     assert test_subjects == {90, 91}
     val_subjects = set(manifest.loc[manifest["split"] == "val", "subject_id"])
     assert val_subjects and val_subjects <= set(range(1, 27))
     # drawn over all of train.csv's patients: a patient's split is the same whatever the cohort
-    cohort, _ = build_chexpert_manifest(chexpert, split_seed=2, views=["PA"])
+    cohort, _ = build_chexpert(chexpert, SourceOptions(split_seed=2, views=["PA"]))
     split = manifest.set_index("image_id")["split"]
     assert (split.loc[cohort["image_id"]].to_numpy() == cohort["split"].to_numpy()).all()
     assert manifest.groupby("subject_id")["split"].nunique().max() == 1
-    again, _ = build_chexpert_manifest(chexpert, label_policy="zeros", split_seed=2)
+    again, _ = build_chexpert(chexpert, SourceOptions(label_policy="zeros", split_seed=2))
     assert manifest["split"].equals(again["split"])
 
 
 def test_random_patient_split_pools_both_csvs(chexpert):
-    manifest, _ = build_chexpert_manifest(chexpert, split="random_patient", split_seed=4)
+    manifest, _ = build_chexpert(chexpert, SourceOptions(split="random_patient", split_seed=4))
     validate_manifest(manifest, origin="chexpert-test")
     assert set(manifest["split"]) == {"train", "val", "test"}
     assert manifest.groupby("subject_id")["split"].nunique().max() == 1
@@ -159,9 +161,18 @@ def test_random_patient_split_pools_both_csvs(chexpert):
 
 def test_missing_or_ambiguous_dataset_folder(tmp_path, chexpert):
     with pytest.raises(FileNotFoundError, match=r"train\.csv.*data\.root"):
-        build_chexpert_manifest(tmp_path)
+        build_chexpert(tmp_path, SourceOptions())
     for name in ("CheXpert-v1.0", "CheXpert-v1.0-small"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "train.csv").write_text("Path\n")
     with pytest.raises(ValueError, match="several CheXpert folders"):
-        build_chexpert_manifest(tmp_path)
+        build_chexpert(tmp_path, SourceOptions())
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"labeler": "negbio"}, "data.labeler=negbio applies to MIMIC-CXR only"),
+    ({"labels_root": "tables"}, "data.labels_root applies to MIMIC-CXR only"),
+])
+def test_mimic_only_options_are_refused(chexpert, options, message):
+    with pytest.raises(UserError, match=message):
+        build_chexpert(chexpert, SourceOptions(**options))

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from conftest import sample_tables
 
-from cxr_lightning.data.cohort import CohortOptions, main
-from cxr_lightning.data.mimic import build_mimic_manifest
+from cxr_lightning.data.cohort import main
+from cxr_lightning.data.sources.mimic import build as build_mimic
+from cxr_lightning.data.sources.options import SourceOptions
 from cxr_lightning.findings import FINDINGS
 
 COLUMN = {"edema": "Edema", "effusion": "Pleural Effusion"}
@@ -44,8 +45,8 @@ def _labels(manifest):
 def test_each_label_policy_per_finding(small_sample, finding, policy):
     raw = _images(small_sample)[COLUMN[finding]]
     assert (raw == -1).sum() > 0 and raw.isna().sum() > 0  # the sample exercises both
-    manifest, report = build_mimic_manifest(
-        small_sample, label_policy={finding: policy, OTHER[finding]: "mask"})
+    manifest, report = build_mimic(small_sample, SourceOptions(
+        label_policy={finding: policy, OTHER[finding]: "mask"}))
     got = _labels(manifest)[finding]
     if policy == "drop":
         expected = raw[_known(raw)]
@@ -65,7 +66,7 @@ def test_each_label_policy_per_finding(small_sample, finding, policy):
 def test_default_drops_uncertain_and_blank_counting_each_image_under_its_first_rule(small_sample):
     raw = _images(small_sample)
     edema, effusion = raw["Edema"], raw["Pleural Effusion"]
-    _, report = build_mimic_manifest(small_sample)
+    _, report = build_mimic(small_sample, SourceOptions())
     assert report.dropped == {
         "study_without_labels": 0,
         "view_not_selected": 0,
@@ -77,12 +78,12 @@ def test_default_drops_uncertain_and_blank_counting_each_image_under_its_first_r
         "not_in_record_list": 0,
     }
     assert report.images_in_cohort == (_known(edema) & _known(effusion)).sum()
-    assert report.options == CohortOptions().to_dict()
+    assert report.options == SourceOptions().to_dict()
 
 
 def test_views_filter_keeps_frontal_images_with_their_studys_labels(small_sample):
-    manifest, report = build_mimic_manifest(small_sample, views=["PA", "AP"],
-                                            label_policy={"edema": "mask", "effusion": "mask"})
+    manifest, report = build_mimic(small_sample, SourceOptions(
+        views=["PA", "AP"], label_policy={"edema": "mask", "effusion": "mask"}))
     raw = _images(small_sample)
     frontal = raw["ViewPosition"].isin(["PA", "AP"])
     assert sorted(manifest["image_id"]) == sorted(raw.index[frontal])
@@ -95,24 +96,24 @@ def test_views_filter_keeps_frontal_images_with_their_studys_labels(small_sample
 
 def test_random_patient_split_is_seeded_patient_level_and_80_10_10(small_sample):
     everyone = {"edema": "mask", "effusion": "mask"}
-    manifest, report = build_mimic_manifest(small_sample, label_policy=everyone,
-                                            split="random_patient", split_seed=3)
+    manifest, report = build_mimic(small_sample, SourceOptions(
+        label_policy=everyone, split="random_patient", split_seed=3))
     assert manifest.groupby("subject_id")["split"].nunique().max() == 1
     n_subjects = _raw(small_sample, "metadata")["subject_id"].nunique()
     assert report.patients == n_subjects == 40
     per_split = manifest.groupby("split")["subject_id"].nunique()
     assert per_split.to_dict() == {"train": 32, "val": 4, "test": 4}
-    again, _ = build_mimic_manifest(small_sample, label_policy=everyone,
-                                    split="random_patient", split_seed=3)
+    again, _ = build_mimic(small_sample, SourceOptions(
+        label_policy=everyone, split="random_patient", split_seed=3))
     assert again["split"].equals(manifest["split"])
-    other_seed, _ = build_mimic_manifest(small_sample, label_policy=everyone,
-                                         split="random_patient", split_seed=4)
+    other_seed, _ = build_mimic(small_sample, SourceOptions(
+        label_policy=everyone, split="random_patient", split_seed=4))
     assert not other_seed["split"].equals(manifest["split"])
     official = _images(small_sample)["split"].loc[manifest["image_id"]]
     assert not (official.to_numpy() == manifest["split"].to_numpy()).all()
     # a patient's split does not depend on the label policy or views
-    study, _ = build_mimic_manifest(small_sample, views=["PA"], split="random_patient",
-                                    split_seed=3)
+    study, _ = build_mimic(small_sample,
+                           SourceOptions(views=["PA"], split="random_patient", split_seed=3))
     split_of = manifest.groupby("subject_id")["split"].first()
     assert (study["split"].to_numpy() == split_of.loc[study["subject_id"]].to_numpy()).all()
 
@@ -121,10 +122,10 @@ def test_random_patient_split_needs_no_split_csv(small_sample, tmp_path):
     (tmp_path / "files").mkdir()  # the tables alone: no image is read here
     for name in ("chexpert", "metadata"):
         shutil.copy(sample_tables(small_sample) / f"mimic-cxr-2.0.0-{name}.csv.gz", tmp_path)
-    manifest, _ = build_mimic_manifest(tmp_path, split="random_patient")
-    assert len(manifest) == build_mimic_manifest(small_sample)[1].images_in_cohort
+    manifest, _ = build_mimic(tmp_path, SourceOptions(split="random_patient"))
+    assert len(manifest) == build_mimic(small_sample, SourceOptions())[1].images_in_cohort
     with pytest.raises(FileNotFoundError, match="split.csv.gz"):
-        build_mimic_manifest(tmp_path)
+        build_mimic(tmp_path, SourceOptions())
 
 
 def test_images_missing_from_the_official_split_are_counted(small_sample, tmp_path):
@@ -133,8 +134,8 @@ def test_images_missing_from_the_official_split_are_counted(small_sample, tmp_pa
         shutil.copy(sample_tables(small_sample) / f"mimic-cxr-2.0.0-{name}.csv.gz", tmp_path)
     split = _raw(small_sample, "split")
     split.iloc[10:].to_csv(tmp_path / "mimic-cxr-2.0.0-split.csv.gz", index=False)
-    manifest, report = build_mimic_manifest(tmp_path)
-    full, _ = build_mimic_manifest(small_sample)
+    manifest, report = build_mimic(tmp_path, SourceOptions())
+    full, _ = build_mimic(small_sample, SourceOptions())
     missing = full["image_id"].isin(split["dicom_id"].iloc[:10])
     assert report.dropped["not_in_split_csv"] == missing.sum() > 0
     assert sorted(manifest["image_id"]) == sorted(full.loc[~missing, "image_id"])
@@ -144,7 +145,8 @@ def test_negbio_and_chexpert_cohorts_follow_their_own_labels(small_sample):
     everyone = {"edema": "mask", "effusion": "mask"}
     by_labeler = {}
     for labeler in ("chexpert", "negbio"):
-        manifest, report = build_mimic_manifest(small_sample, labeler, label_policy=everyone)
+        manifest, report = build_mimic(small_sample,
+                                       SourceOptions(labeler=labeler, label_policy=everyone))
         raw = _images(small_sample, labeler)[list(COLUMN.values())]
         expected = raw.where(_known(raw)).loc[manifest["image_id"]].to_numpy()
         np.testing.assert_array_equal(manifest[list(FINDINGS)].to_numpy(), expected)
@@ -168,18 +170,18 @@ def test_negbio_and_chexpert_cohorts_follow_their_own_labels(small_sample):
 ])
 def test_invalid_options_name_the_valid_ones(small_sample, options, message):
     with pytest.raises(ValueError, match=message):
-        build_mimic_manifest(small_sample, **options)
+        build_mimic(small_sample, SourceOptions(**options))
 
 
 def test_options_round_trip_through_their_dict():
-    options = CohortOptions(labeler="negbio", label_policy={"effusion": "ones"}, views=["PA"],
+    options = SourceOptions(labeler="negbio", label_policy={"effusion": "ones"}, views=["PA"],
                             split="random_patient", split_seed=2)
     as_dict = options.to_dict()
     assert as_dict == {"labeler": "negbio", "label_policy": {"edema": "drop", "effusion": "ones"},
                        "views": ["PA"], "split": "random_patient", "split_seed": 2}
     assert json.loads(json.dumps(as_dict)) == as_dict
-    assert CohortOptions(**as_dict) == options
-    both = CohortOptions(label_policy="mask", views=["pa", "ap"])
+    assert SourceOptions(**as_dict) == options
+    both = SourceOptions(label_policy="mask", views=["pa", "ap"])
     assert both.label_policy == {"edema": "mask", "effusion": "mask"}
     assert both.views == ("PA", "AP")
 

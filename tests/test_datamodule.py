@@ -15,9 +15,10 @@ from conftest import sample_tables
 
 from cxr_lightning.data.cache import CacheSpec, build_image_cache, cache_directory
 from cxr_lightning.data.datamodule import CXRDataModule
-from cxr_lightning.data.mimic import build_mimic_manifest
 from cxr_lightning.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from cxr_lightning.data.sample import generate_sample
+from cxr_lightning.data.sources.mimic import build_sample
+from cxr_lightning.data.sources.options import SourceOptions
 
 
 @pytest.fixture()
@@ -83,7 +84,7 @@ def test_training_never_decodes_dicom(datamodule, monkeypatch):
 
 
 def test_cache_is_reused_and_keyed_by_parameters(small_sample, tmp_path):
-    manifest, _ = build_mimic_manifest(small_sample, source="sample")
+    manifest, _ = build_sample(small_sample, SourceOptions())
     first = build_image_cache(manifest, small_sample, tmp_path, CacheSpec(Preprocessing(32)), 1)
     stamp = (first.directory / "shard-00000.npy").stat().st_mtime_ns
     again = build_image_cache(manifest, small_sample, tmp_path, CacheSpec(Preprocessing(32)), 1)
@@ -96,8 +97,7 @@ def test_cache_is_reused_and_keyed_by_parameters(small_sample, tmp_path):
 def test_undecodable_images_are_recorded_and_skipped(small_sample, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(small_sample, root)
-    manifest, _ = build_mimic_manifest(root, source="sample",
-                                       labels_root=sample_tables(small_sample))
+    manifest, _ = build_sample(root, SourceOptions(labels_root=sample_tables(small_sample)))
     broken = manifest.iloc[3]
     (root / broken["path"]).write_bytes(b"not a dicom file")
     (root / manifest.iloc[5]["path"]).unlink()
@@ -129,7 +129,7 @@ def test_jpg_tree_matches_equalised_dicoms(tmp_path):
     dicom_root = generate_sample(tmp_path / "download", n_subjects=12, seed=3, workers=1,
                                  jpg=True)
     jpg_root = sample_tables(dicom_root)
-    manifest, _ = build_mimic_manifest(dicom_root, source="sample")
+    manifest, _ = build_sample(dicom_root, SourceOptions())
     assert all((jpg_root / Path(path).with_suffix(".jpg")).is_file()
                for path in manifest["path"])
 

@@ -18,7 +18,9 @@ from cxr_lightning.data.manifest import (
     random_patient_split,
     validate_manifest,
 )
-from cxr_lightning.data.mimic import MissingDataError, build_mimic_manifest, resolve_layout
+from cxr_lightning.data.sources.mimic import MissingDataError, resolve_layout
+from cxr_lightning.data.sources.mimic import build as build_mimic
+from cxr_lightning.data.sources.options import SourceOptions
 
 
 def _raw(root, name):
@@ -28,7 +30,7 @@ def _raw(root, name):
 
 @pytest.mark.parametrize("labeler", ["chexpert", "negbio"])
 def test_cohort_is_images_with_both_findings_known(small_sample, labeler):
-    manifest, report = build_mimic_manifest(small_sample, labeler=labeler)
+    manifest, report = build_mimic(small_sample, SourceOptions(labeler=labeler))
     labels = _raw(small_sample, labeler)
     metadata = _raw(small_sample, "metadata")
     known = labels[labels["Edema"].isin([0, 1]) & labels["Pleural Effusion"].isin([0, 1])]
@@ -46,7 +48,7 @@ def test_cohort_is_images_with_both_findings_known(small_sample, labeler):
 
 
 def test_split_is_the_official_one_and_patient_level(small_sample):
-    manifest, _ = build_mimic_manifest(small_sample)
+    manifest, _ = build_mimic(small_sample, SourceOptions())
     official = _raw(small_sample, "split").set_index("dicom_id")["split"]
     mapped = official.loc[manifest["image_id"]].replace({"validate": "val"})
     assert (manifest["split"].to_numpy() == mapped.to_numpy()).all()
@@ -55,7 +57,7 @@ def test_split_is_the_official_one_and_patient_level(small_sample):
 
 
 def test_validation_rejects_a_subject_in_two_splits(small_sample):
-    manifest, _ = build_mimic_manifest(small_sample)
+    manifest, _ = build_mimic(small_sample, SourceOptions())
     subject = manifest.loc[manifest["split"] == "train", "subject_id"].iloc[0]
     leaked = pd.concat([manifest, manifest[manifest["subject_id"] == subject].assign(
         split="test", image_id=lambda d: d["image_id"] + "-copy")])
@@ -64,7 +66,7 @@ def test_validation_rejects_a_subject_in_two_splits(small_sample):
 
 
 def test_cohort_table_counts_combinations_per_split(small_sample):
-    manifest, _ = build_mimic_manifest(small_sample)
+    manifest, _ = build_mimic(small_sample, SourceOptions())
     table = cohort_table(manifest)
     assert table.to_numpy().sum() == len(manifest)
     train = manifest[manifest["split"] == "train"]
@@ -86,8 +88,8 @@ def test_tables_are_found_in_the_sibling_jpg_project(small_sample, tmp_path, tab
     assert not list(images.glob("*chexpert*"))  # the DICOM project has no tables
     layout = resolve_layout(images)
     assert (layout.images, layout.labels) == (images, tables)
-    manifest, _ = build_mimic_manifest(images)
-    assert len(manifest) == len(build_mimic_manifest(small_sample)[0]) > 0
+    manifest, _ = build_mimic(images, SourceOptions())
+    assert len(manifest) == len(build_mimic(small_sample, SourceOptions())[0]) > 0
     assert all((images / path).is_file() for path in manifest["path"])
 
 
@@ -95,28 +97,29 @@ def test_labels_root_and_single_directory_layouts(small_sample, tmp_path):
     images, tables = _download(tmp_path, small_sample)
     elsewhere = shutil.move(tables, tmp_path / "labels")
     with pytest.raises(MissingDataError):
-        build_mimic_manifest(images)
-    explicit, _ = build_mimic_manifest(images, labels_root=elsewhere)
+        build_mimic(images, SourceOptions())
+    explicit, _ = build_mimic(images, SourceOptions(labels_root=elsewhere))
     single = shutil.copytree(images, tmp_path / "single")
     for table in Path(elsewhere).iterdir():
         shutil.copy(table, single)
-    assert explicit["image_id"].tolist() == build_mimic_manifest(single)[0]["image_id"].tolist()
+    single_directory, _ = build_mimic(single, SourceOptions())
+    assert explicit["image_id"].tolist() == single_directory["image_id"].tolist()
 
 
 def test_missing_files_are_named_with_their_roots_and_projects(small_sample, tmp_path):
     images, tables = _download(tmp_path, small_sample)
     (tables / "mimic-cxr-2.0.0-split.csv.gz").unlink()
     with pytest.raises(MissingDataError) as raised:
-        build_mimic_manifest(images)
+        build_mimic(images, SourceOptions())
     message = str(raised.value)
     assert "mimic-cxr-2.0.0-split.csv.gz not found" in message
     assert "chexpert.csv.gz" not in message  # only what is missing
     assert str(images) in message and str(tables) in message  # where it looked
     assert "MIMIC-CXR-JPG (physionet.org/files/mimic-cxr-jpg/" in message
     assert "data.labels_root" in message and "MIMIC_CXR_JPG_ROOT" in message
-    assert build_mimic_manifest(images, split="random_patient")[0]["split"].notna().all()
+    assert build_mimic(images, SourceOptions(split="random_patient"))[0]["split"].notna().all()
     with pytest.raises(MissingDataError, match=r"files is not a directory.*MIMIC_CXR_ROOT"):
-        build_mimic_manifest(tmp_path / "nowhere", labels_root=tables)
+        build_mimic(tmp_path / "nowhere", SourceOptions(labels_root=tables))
 
 
 def test_image_paths_come_from_the_record_list(small_sample, tmp_path):
@@ -129,7 +132,7 @@ def test_image_paths_come_from_the_record_list(small_sample, tmp_path):
     shutil.move(images / records["path"].iloc[0], images / target)
     records.loc[0, "path"] = target.as_posix()
     records.drop(index=1).to_csv(images / "cxr-record-list.csv.gz", index=False)
-    manifest, report = build_mimic_manifest(images, label_policy="mask")
+    manifest, report = build_mimic(images, SourceOptions(label_policy="mask"))
     paths = manifest.set_index("image_id")["path"]
     assert paths[moved] == target.as_posix() and dropped not in paths.index
     assert report.dropped["not_in_record_list"] == 1
@@ -139,7 +142,8 @@ def test_cohort_cli_reads_a_download_and_names_what_is_missing(small_sample, tmp
     images, tables = _download(tmp_path, small_sample)
     run = [sys.executable, "-m", "cxr_lightning.data.cohort", "--root", str(images)]
     counts = json.loads(subprocess.run(run, capture_output=True, text=True, check=True).stdout)
-    assert counts["images_in_cohort"] == build_mimic_manifest(small_sample)[1].images_in_cohort
+    _, report = build_mimic(small_sample, SourceOptions())
+    assert counts["images_in_cohort"] == report.images_in_cohort
     shutil.rmtree(tables)
     failed = subprocess.run(run, capture_output=True, text=True)
     assert failed.returncode != 0 and "Traceback" not in failed.stderr

@@ -1,13 +1,17 @@
 """NIH ChestX-ray14 adapter: the real 64 px sample against its CSV, and synthetic layouts."""
 
+import json
 import logging
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from cxr_lightning.data.cohort import main as cohort_main
 from cxr_lightning.data.manifest import MANIFEST_COLUMNS, validate_manifest
-from cxr_lightning.data.nih import build_nih_manifest
+from cxr_lightning.data.sources.nih import build as build_nih
+from cxr_lightning.data.sources.options import SourceOptions
+from cxr_lightning.errors import UserError
 
 NIH_SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "nih_chestxray14_64px"
 CSV_COLUMNS = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
@@ -23,7 +27,7 @@ def nih_sample() -> Path:
 
 @pytest.mark.realdata
 def test_real_sample_every_row_parsed_and_labels_match_the_csv(nih_sample):
-    manifest, report = build_nih_manifest(nih_sample)
+    manifest, report = build_nih(nih_sample, SourceOptions())
     raw = pd.read_csv(nih_sample / "Data_Entry_2017_v2020.csv").set_index("Image Index")
     assert len(raw) == 483 and report.images_in_source == 483
     assert report.images_in_cohort == len(manifest) == 483
@@ -50,13 +54,13 @@ def test_real_sample_every_row_parsed_and_labels_match_the_csv(nih_sample):
 
 @pytest.mark.realdata
 def test_real_sample_split_is_patient_level_and_seeded(nih_sample):
-    manifest, _ = build_nih_manifest(nih_sample, split_seed=3)
+    manifest, _ = build_nih(nih_sample, SourceOptions(split_seed=3))
     validate_manifest(manifest, origin="nih-test")
     assert set(manifest["split"]) == {"train", "val", "test"}
     assert manifest.groupby("subject_id")["split"].nunique().max() == 1
-    again, _ = build_nih_manifest(nih_sample, split="random_patient", split_seed=3)
+    again, _ = build_nih(nih_sample, SourceOptions(split="random_patient", split_seed=3))
     assert manifest["split"].equals(again["split"])
-    only_pa, report = build_nih_manifest(nih_sample, views=["PA"])
+    only_pa, report = build_nih(nih_sample, SourceOptions(views=["PA"]))
     assert set(only_pa["view"]) == {"PA"}
     assert report.dropped["view_not_selected"] == (manifest["view"] == "AP").sum()
 
@@ -83,8 +87,8 @@ def _synthetic_nih(root: Path, missing: set[str], patients: range) -> pd.DataFra
 
 def test_missing_image_file_is_dropped_and_counted(tmp_path, caplog):
     table = _synthetic_nih(tmp_path, missing={"00000005_001.png"}, patients=range(1, 21))
-    with caplog.at_level(logging.INFO, logger="cxr_lightning.data.nih"):
-        manifest, report = build_nih_manifest(tmp_path)
+    with caplog.at_level(logging.INFO, logger="cxr_lightning.data.sources.nih"):
+        manifest, report = build_nih(tmp_path, SourceOptions())
     assert "random patient-level split" in caplog.text
     assert report.images_in_source == len(table) == 40
     assert report.dropped == {"view_not_selected": 0, "image_file_missing": 1,
@@ -107,7 +111,7 @@ def test_official_split_uses_the_lists_with_a_patient_level_val(tmp_path):
     test = [f"{p:08d}_{f:03d}.png" for p in range(17, 20) for f in range(2)]
     (tmp_path / "train_val_list.txt").write_text("\n".join(train_val) + "\n")
     (tmp_path / "test_list.txt").write_text("\n".join(test) + "\n")
-    manifest, report = build_nih_manifest(tmp_path, split_seed=1)
+    manifest, report = build_nih(tmp_path, SourceOptions(split_seed=1))
     assert report.dropped["not_in_split_lists"] == 2  # patient 20 is in neither list
     split = manifest.set_index("image_id")["split"]
     assert sorted(split[split == "test"].index) == sorted(test)
@@ -115,15 +119,40 @@ def test_official_split_uses_the_lists_with_a_patient_level_val(tmp_path):
     assert len(val_patients) == 2  # 1/8 of the 16 train_val patients
     assert set(val_patients) <= set(range(1, 17))
     assert manifest.groupby("subject_id")["split"].nunique().max() == 1
-    again, _ = build_nih_manifest(tmp_path, split_seed=1)
+    again, _ = build_nih(tmp_path, SourceOptions(split_seed=1))
     assert manifest["split"].equals(again["split"])
 
 
 def test_missing_csv_names_the_file_and_what_root_holds(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"Data_Entry_2017\*\.csv.*data\.root.*images"):
-        build_nih_manifest(tmp_path)
+        build_nih(tmp_path, SourceOptions())
 
 
 def test_unknown_split_policy_is_refused(tmp_path):
     with pytest.raises(ValueError, match="data.split"):
-        build_nih_manifest(tmp_path, split="official_v2")
+        build_nih(tmp_path, SourceOptions(split="official_v2"))
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"label_policy": "mask"}, "data.label_policy does not apply to NIH"),
+    ({"labeler": "negbio"}, "data.labeler=negbio applies to MIMIC-CXR only"),
+    ({"labels_root": "tables"}, "data.labels_root applies to MIMIC-CXR only"),
+])
+def test_options_nih_cannot_honour_are_refused(tmp_path, options, message):
+    _synthetic_nih(tmp_path, missing=set(), patients=range(1, 5))
+    with pytest.raises(UserError, match=message):
+        build_nih(tmp_path, SourceOptions(**options))
+    assert len(build_nih(tmp_path, SourceOptions(label_policy="drop"))[0]) == 8  # a no-op
+
+
+def test_cohort_cli_reads_nih_through_the_registry(tmp_path, capsys):
+    table = _synthetic_nih(tmp_path, missing={"00000003_000.png"}, patients=range(1, 21))
+    cohort_main(["--root", str(tmp_path), "--source", "nih", "--split", "random_patient"])
+    counts = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert counts["images_in_source"] == len(table) == 40
+    assert counts["images_in_cohort"] == 39 and counts["dropped"]["image_file_missing"] == 1
+    # (edema, effusion) per Finding Labels, counted by hand from _synthetic_nih's cycle
+    tokens = table.loc[table["Image Index"] != "00000003_000.png", "Finding Labels"].str.split("|")
+    edema, effusion = tokens.map(lambda t: "Edema" in t), tokens.map(lambda t: "Effusion" in t)
+    assert sum(counts["table"]["1,1"].values()) == int((edema & effusion).sum())
+    assert sum(counts["table"]["0,0"].values()) == int((~edema & ~effusion).sum())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -20,17 +21,19 @@ from conftest import sample_tables
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from cxr_lightning.data.sample import (
+from cxr_lightning.data.sample.__main__ import main
+from cxr_lightning.data.sample.generate import (
     CHEXPERT_FINDINGS,
     COHORT_COUNTS,
     LAYOUTS,
     generate_sample,
     is_complete_sample,
-    main,
     sample_directories,
     sample_out_dir,
     sample_study_labels,
 )
+from cxr_lightning.data.sources.mimic import build_sample
+from cxr_lightning.data.sources.options import SourceOptions
 
 FINDINGS_14 = [
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum",
@@ -421,6 +424,47 @@ def test_layouts_hold_the_same_sample(tmp_path: Path) -> None:
 
 def test_cli_writes_a_complete_sample_without_printing(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main(["--out", str(tmp_path / "cli"), "--n-subjects", "2", "--seed", "5", "--workers", "1"])
-    assert is_complete_sample(sample_directories(tmp_path / "cli")[0])
+    main(["--out", str(tmp_path / "cli"), "--n-subjects", "2", "--seed", "5", "--workers", "1",
+          "--exact"])
+    root = sample_directories(tmp_path / "cli")[0]
+    assert is_complete_sample(root)
+    assert json.loads((root / "SAMPLE_COMPLETE").read_text())["n_subjects"] == 2
     assert capsys.readouterr().out == ""
+
+
+def test_cli_refuses_no_subjects_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_status:
+        main(["--out", "unused", "--n-subjects", "0"])
+    assert exit_status.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert errors == [errors[0]] and "--n-subjects" in errors[0] and "at least 1" in errors[0]
+
+
+def _training_combinations(root: Path, split: str) -> dict[str, set[tuple[int, int]]]:
+    """(edema, effusion) combinations per split of the study's cohort, read by the MIMIC source."""
+    manifest, _ = build_sample(root, SourceOptions(split=split))
+    return {name: set(zip(group["edema"].astype(int), group["effusion"].astype(int), strict=True))
+            for name, group in manifest.groupby("split")}
+
+
+def test_a_sample_too_small_to_train_grows_until_a_multiclass_model_can(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # 15 subjects of seed 0 (the default run's seed) lack a combination in training: read back
+    # by the MIMIC source, its official split has no (1, 0) training image
+    exact = generate_sample(tmp_path / "exact", n_subjects=15, seed=0, workers=1)
+    assert (1, 0) not in _training_combinations(exact, "official")["train"]
+    with caplog.at_level(logging.WARNING):
+        grown = generate_sample(tmp_path / "grown", n_subjects=15, seed=0, workers=1,
+                                trainable=True)
+    marker = json.loads((grown / "SAMPLE_COMPLETE").read_text())
+    assert marker["n_subjects_requested"] == 15 < marker["n_subjects"]
+    assert f"Grew the sample from 15 to {marker['n_subjects']} subjects" in caplog.text
+    every = {(edema, effusion) for edema in (0, 1) for effusion in (0, 1)}
+    for split in ("official", "random_patient"):
+        combinations = _training_combinations(grown, split)
+        assert set(combinations) == {"train", "val", "test"} and combinations["train"] == every
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # a sample large enough stays as asked
+        generate_sample(tmp_path / "enough", n_subjects=marker["n_subjects"], seed=0, workers=1,
+                        trainable=True)
+    assert "Grew" not in caplog.text

@@ -557,16 +557,19 @@ def _parse_part(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> BuildSummary:
-    """CLI: build (part of) the cache of a MIMIC-CXR-format tree; see ``--help``."""
-    from cxr_lightning.data.mimic import build_mimic_manifest
+    """CLI: build (part of) the cache of a source's images; see ``--help``."""
+    # the CLI reads sources; the cache itself (above) takes any manifest and imports none
+    from cxr_lightning.data.sources import SOURCES, build_manifest, every_labelled_image
+    from cxr_lightning.data.sources.options import LABELERS
 
     parser = argparse.ArgumentParser(
         prog=program_name("cxr_lightning.data.cache"),
-        description="Build the resized image cache of a MIMIC-CXR-format tree (resumable). "
+        description="Build the resized image cache of a source's images (resumable). "
                     "With --shard i/N several machines build disjoint shards; copy them into one "
                     "directory and run once more without --shard to mark the cache complete.",
         formatter_class=HelpFormatter)
-    parser.add_argument("--root", required=True, help="the tree holding files/ and the CSVs")
+    parser.add_argument("--root", required=True,
+                        help="the source's directory (data.root), e.g. MIMIC-CXR's holding files/")
     parser.add_argument("--out", required=True,
                         help="the cache_dir (data.cache_dir); the cache goes in a keyed subdir")
     parser.add_argument("--size", type=int, default=512, help="side of the square images, pixels")
@@ -580,9 +583,13 @@ def main(argv: list[str] | None = None) -> BuildSummary:
                         help="decoding processes (default: the CPUs, here %(default)s)")
     parser.add_argument("--shard", type=_parse_part, default=(0, 1), metavar="i/N",
                         help="build only the shards k with k %% N == i")
-    parser.add_argument("--source", default="mimic_cxr", help="dataset source (data.source)")
-    parser.add_argument("--labeler", default="chexpert",
-                        help="label table: chexpert or negbio (data.labeler)")
+    parser.add_argument("--source", choices=list(SOURCES), default="mimic_cxr",
+                        help="how to read --root (data.source)")
+    parser.add_argument("--labels-root", default=None,
+                        help="MIMIC only: the directory holding the mimic-cxr-2.0.0-*.csv.gz "
+                             "tables (data.labels_root; default: found from --root)")
+    parser.add_argument("--labeler", choices=LABELERS, default="chexpert",
+                        help="MIMIC only: whose labels decide which images are labelled")
     parser.add_argument("--retry-failures", action="store_true",
                         help="decode the images that failed in an earlier build again")
     parser.add_argument("--max-failed-fraction", type=float, default=MAX_FAILED_FRACTION,
@@ -594,9 +601,9 @@ def main(argv: list[str] | None = None) -> BuildSummary:
     spec = CacheSpec(Preprocessing(args.size, resize=args.resize,
                                    histogram_equalization=args.histogram_equalization),
                      shard_size=args.shard_size)
-    # every labelled image (uncertain/blank labels masked, all views): a cache that covers
-    # whichever cohort the DataModule selects from this source
-    manifest, _ = build_mimic_manifest(args.root, args.labeler, args.source, label_policy="mask")
+    # every labelled image: a cache that covers whichever cohort the DataModule selects
+    manifest, _ = build_manifest(args.source, args.root, every_labelled_image(
+        args.source, args.labeler, args.labels_root))
     directory = cache_directory(manifest, Path(args.out), spec)
     return build_shards(manifest, args.root, directory, spec, args.workers, args.shard,
                         retry_failures=args.retry_failures,

@@ -24,7 +24,8 @@ from cxr_lightning.data.manifest import CohortReport
 from cxr_lightning.data.preprocess import Preprocessing
 from cxr_lightning.data.sample import generate_sample, is_complete_sample, sample_out_dir
 from cxr_lightning.data.sampling import EpochSampler, ResumableDataLoader
-from cxr_lightning.data.sources import build_manifest
+from cxr_lightning.data.sources import build_manifest, check_source
+from cxr_lightning.data.sources.options import SourceOptions
 from cxr_lightning.data.transforms import augment, training_augmentation
 from cxr_lightning.data.workers import OneOpenCVThreadLoader
 from cxr_lightning.findings import FINDINGS
@@ -70,8 +71,12 @@ class CXRDataModule(pl.LightningDataModule):
     With ``sample`` set (a dict of generator arguments), a MIMIC-CXR-format sample is generated
     first when ``root`` holds no complete sample: in PhysioNet's layout when ``root`` is a
     ``.../physionet.org/files/mimic-cxr/2.0.0`` path (the tables then go to the sibling
-    MIMIC-CXR-JPG project), else all into ``root``. ``labels_root`` is where MIMIC-CXR-JPG's
-    tables are (default: found from ``root``, see :func:`~cxr_lightning.data.mimic.resolve_layout`).
+    MIMIC-CXR-JPG project), else all into ``root``; grown where its subjects are too few to
+    train a multiclass model (:func:`~cxr_lightning.data.sample.generate.trainable_plan`).
+    ``labels_root`` is where MIMIC-CXR-JPG's tables are (default: found from ``root``, see
+    :func:`~cxr_lightning.data.sources.mimic.resolve_layout`). ``source`` is a name of the
+    registry (:data:`~cxr_lightning.data.sources.SOURCES`), read under the cohort options
+    (:class:`~cxr_lightning.data.sources.options.SourceOptions`), both checked on construction.
 
     ``seed`` fixes the training order and augmentation of every epoch (both functions of
     ``(seed, epoch)`` and the image, independent of ``num_workers``); training batches can be
@@ -105,11 +110,11 @@ class CXRDataModule(pl.LightningDataModule):
         if root is None:
             raise ValueError("data.root is not set: point it (or MIMIC_CXR_ROOT) at MIMIC-CXR, "
                              "or use the embedded sample with preset=sample")
+        check_source(source)
         self.root = Path(root)
-        self.labels_root = labels_root
         self.source = source
-        self.cohort_options = {"labeler": labeler, "label_policy": label_policy, "views": views,
-                               "split": split, "split_seed": split_seed}
+        self.options = SourceOptions(labeler=labeler, label_policy=label_policy, views=views,
+                                     split=split, split_seed=split_seed, labels_root=labels_root)
         self.preprocessing = Preprocessing(image_size, resize=resize, channels=channels,
                                            histogram_equalization=histogram_equalization)
         self.spec = CacheSpec(self.preprocessing)
@@ -136,15 +141,14 @@ class CXRDataModule(pl.LightningDataModule):
         if self.sample is not None and not is_complete_sample(self.root):
             out_dir, layout = sample_out_dir(self.root)
             log.info("Generating the MIMIC-CXR-format sample (%s layout) into %s", layout, out_dir)
-            generate_sample(out_dir, layout=layout, **self.sample)
+            generate_sample(out_dir, layout=layout, trainable=True, **self.sample)
         self._load()
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()
 
     def _load(self) -> None:
-        manifest, self.cohort_report = build_manifest(
-            self.source, self.root, labels_root=self.labels_root, **self.cohort_options)
+        manifest, self.cohort_report = build_manifest(self.source, self.root, self.options)
         self.cache = (self._remote_cache(manifest) if self.cache_url else build_image_cache(
             manifest, self.root, self.cache_dir, self.spec, self.cache_workers))
         decoded = manifest["image_id"].isin(self.cache.row_of)

@@ -26,7 +26,7 @@ class CohortReport:
     ``dropped`` maps each rule, in the order applied, to the images it removed (each image
     counted once), so ``images_in_cohort + sum(dropped.values()) == images_in_source``.
     ``patients`` and ``views`` (images per view) describe the cohort; ``options`` are the
-    choices that made it (``CohortOptions.to_dict()``).
+    choices that made it (``SourceOptions.to_dict()``).
     """
 
     images_in_source: int = 0

@@ -1,4 +1,4 @@
-"""NIH ChestX-ray14 layout and label table -> manifest.
+"""The ``nih`` source: NIH ChestX-ray14 layout and label table -> manifest.
 
 ``root`` holds the label table ``Data_Entry_2017*.csv`` (``Data_Entry_2017_v2020.csv`` is preferred
 when both it and the original ``Data_Entry_2017.csv`` are present) and the PNG images in
@@ -25,19 +25,19 @@ or on which images are on disk.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from cxr_lightning.data.cohort import SPLIT_METHODS
 from cxr_lightning.data.manifest import (
     MANIFEST_COLUMNS,
     CohortReport,
     finish_manifest,
     random_patient_split,
 )
+from cxr_lightning.data.sources.options import SourceOptions
 from cxr_lightning.data.tables import ID, Column, read_table
+from cxr_lightning.errors import BadValueError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def nih_label_csv(root: Path) -> Path:
     """The NIH label table in ``root``; FileNotFoundError naming it and the fix if missing."""
     candidates = sorted(Path(root).glob("Data_Entry_2017*.csv"))
     if not candidates:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{Path(root) / 'Data_Entry_2017*.csv'} not found: data.root must point at an NIH "
             "ChestX-ray14 directory holding Data_Entry_2017.csv (or Data_Entry_2017_v2020.csv) "
             "and the images (in images/ or images_NNN/images/)"
@@ -95,23 +95,22 @@ def _official_split(root: Path, images: pd.DataFrame, split_seed: int) -> pd.Ser
     return split
 
 
-def build_nih_manifest(
-    root: str | Path,
-    split: str = "official",
-    split_seed: int = 0,
-    views: Sequence[str] | None = None,
-    source: str = "nih",
-) -> tuple[pd.DataFrame, CohortReport]:
+def build(root: str | Path, options: SourceOptions) -> tuple[pd.DataFrame, CohortReport]:
     """Read an NIH ChestX-ray14 directory into the manifest, with its cohort report.
 
-    ``split`` is ``official`` (NIH's lists, falling back to ``random_patient`` without them) or
-    ``random_patient``; ``split_seed`` seeds the patient-level draws. ``views`` keeps only those
-    view positions (e.g. ``["PA"]``); ``None`` keeps all (NIH holds PA and AP). Rules apply in
-    this order, each image counted once in ``report.dropped`` (all keys always present):
+    ``options.split`` is ``official`` (NIH's lists, falling back to ``random_patient`` without
+    them) or ``random_patient``; ``split_seed`` seeds the patient-level draws. ``views`` keeps
+    only those view positions (e.g. ``["PA"]``); ``None`` keeps all (NIH holds PA and AP).
+    NIH's labels have no uncertain or blank values, so a label policy other than ``drop`` is
+    refused rather than ignored, and so are the MIMIC-only options. Rules apply in this order,
+    each image counted once in ``report.dropped`` (all keys always present):
     ``view_not_selected``, ``image_file_missing``, ``not_in_split_lists``.
     """
-    if split not in SPLIT_METHODS:
-        raise ValueError(f"data.split={split!r}: expected one of {SPLIT_METHODS}")
+    options.only_mimic_options_unset("nih", "NIH ChestX-ray14")
+    if set(options.label_policy.values()) != {"drop"}:
+        raise BadValueError("data.label_policy does not apply to NIH ChestX-ray14: its labels "
+                            "have no uncertain or blank values; remove it")
+    split, split_seed, views = options.split, options.split_seed, options.views
     root = Path(root)
     images = read_table(nih_label_csv(root), {
         "Image Index": Column("str"), "Finding Labels": Column("str", blank=True),
@@ -135,7 +134,7 @@ def build_nih_manifest(
         view=images["View Position"].fillna("UNKNOWN").str.upper(),
     )
 
-    selected = images["view"].isin([v.upper() for v in views or images["view"].unique()])
+    selected = images["view"].isin(views or images["view"].unique())
     report.dropped["view_not_selected"] = int((~selected).sum())
     images = images[selected]
 
@@ -158,6 +157,6 @@ def build_nih_manifest(
         "split": images["split"],
         **{finding: tokens.map(lambda labels, t=token: float(t in labels))
            for finding, token in LABEL_TOKENS.items()},
-        "source": source,
+        "source": "nih",
     })[list(MANIFEST_COLUMNS)].reset_index(drop=True)
     return finish_manifest(manifest, report, str(root), "NIH ChestX-ray14")

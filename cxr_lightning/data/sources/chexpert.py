@@ -1,4 +1,4 @@
-"""CheXpert v1.0 (full or ``-small``) layout and label CSVs -> manifest.
+"""The ``chexpert`` source: CheXpert v1.0 (full or ``-small``) layout and label CSVs -> manifest.
 
 The dataset folder (``CheXpert-v1.0`` or ``CheXpert-v1.0-small``) holds ``train.csv``,
 ``valid.csv``, ``train/`` and ``valid/``. The CSVs' ``Path`` column is relative to the folder's
@@ -19,7 +19,7 @@ training patients are disjoint). ``random_patient`` pools both CSVs into a seede
 patient-level split. Patient-level draws are over all the CSVs' patients, so a patient's split does
 not depend on the label policy, ``views`` or which images are on disk.
 
-Labels (per finding, :func:`cxr_lightning.data.cohort.apply_label_policy`): CheXpert codes
+Labels (per finding, :func:`cxr_lightning.data.sources.options.apply_label_policy`): CheXpert codes
 1.0 positive, 0.0 negative, -1.0 uncertain and blank not mentioned. The default policy ``drop``
 keeps the study's cohort: images known (0 or 1) for both findings. The policies are those of the
 MIMIC adapter (``drop``, ``zeros``, ``ones``, ``mask``).
@@ -27,20 +27,20 @@ MIMIC adapter (``drop``, ``zeros``, ``ones``, ``mask``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cxr_lightning.data.cohort import LABEL_COLUMNS, CohortOptions, apply_label_policy
 from cxr_lightning.data.manifest import (
     MANIFEST_COLUMNS,
     CohortReport,
     finish_manifest,
     random_patient_split,
 )
+from cxr_lightning.data.sources.options import LABEL_COLUMNS, SourceOptions, apply_label_policy
 from cxr_lightning.data.tables import LABEL_CODE, Column, read_table
+from cxr_lightning.errors import BadValueError, MissingFileError
 
 CSV_SPLITS: dict[str, str] = {"train.csv": "train", "valid.csv": "test"}
 VAL_FRACTION_OF_TRAIN = 0.1
@@ -57,43 +57,36 @@ def find_dataset_folder(root: Path) -> Path:
     if len(children) == 1:
         return children[0]
     if len(children) > 1:
-        raise ValueError(
+        raise BadValueError(
             f"{root} holds several CheXpert folders {[c.name for c in children]}: point data.root "
             "at the one to use"
         )
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"{root / 'train.csv'} not found: data.root must point at a CheXpert-v1.0(-small) folder "
         "holding train.csv, valid.csv, train/ and valid/, or at the folder that contains it"
     )
 
 
-def build_chexpert_manifest(
-    root: str | Path,
-    split: str = "official",
-    split_seed: int = 0,
-    views: Sequence[str] | None = None,
-    label_policy: str | Mapping[str, str] | None = None,
-    source: str = "chexpert",
-) -> tuple[pd.DataFrame, CohortReport]:
+def build(root: str | Path, options: SourceOptions) -> tuple[pd.DataFrame, CohortReport]:
     """Read a CheXpert directory into the manifest, with its cohort report.
 
-    ``split`` is ``official`` or ``random_patient`` (module docstring); ``views`` keeps only those
-    views (``PA``, ``AP``, ``LATERAL``; ``None`` keeps all); ``label_policy`` is ``None`` (drop
-    uncertain or blank for either finding), one of ``drop|zeros|ones|mask`` for both findings, or
-    a mapping finding -> policy (missing findings: ``drop``). Rules apply in this order, each
-    image counted once in ``report.dropped`` (all keys always present): ``view_not_selected``,
+    ``options.split`` is ``official`` or ``random_patient`` (module docstring); ``views`` keeps
+    only those views (``PA``, ``AP``, ``LATERAL``; ``None`` keeps all); ``label_policy`` is
+    ``None`` (drop uncertain or blank for either finding), one of ``drop|zeros|ones|mask`` for
+    both findings, or a mapping finding -> policy (missing findings: ``drop``); the MIMIC-only
+    options are refused. Rules apply in this order, each image counted once in
+    ``report.dropped`` (all keys always present): ``view_not_selected``,
     ``image_file_missing``, ``edema_uncertain``, ``edema_blank``, ``effusion_uncertain``,
     ``effusion_blank``.
     """
-    options = CohortOptions(label_policy=label_policy, views=views, split=split,
-                            split_seed=split_seed)
+    options.only_mimic_options_unset("chexpert", "CheXpert")
     root = Path(root)
     dataset = find_dataset_folder(root)
     frames = []
     for name, group in CSV_SPLITS.items():
         csv = dataset / name
         if not csv.is_file():
-            raise FileNotFoundError(f"{csv} not found: a CheXpert folder holds train.csv and "
+            raise MissingFileError(f"{csv} not found: a CheXpert folder holds train.csv and "
                                     "valid.csv next to train/ and valid/")
         frames.append(read_table(csv, {
             "Path": Column("str"), "Frontal/Lateral": Column("str"),
@@ -117,7 +110,7 @@ def build_chexpert_manifest(
         study_id=subject_id * STUDIES_PER_PATIENT + ids["study"].astype("int64"),
         view=np.where(images["Frontal/Lateral"].str.lower() == "lateral", "LATERAL",
                       images["AP/PA"].fillna("UNKNOWN").str.upper()),
-        split=_split(images["csv_split"], subject_id, split, split_seed),
+        split=_split(images["csv_split"], subject_id, options.split, options.split_seed),
     )
     report.options = {k: v for k, v in options.to_dict().items() if k != "labeler"}
 
@@ -134,7 +127,7 @@ def build_chexpert_manifest(
     labels = apply_label_policy(raw, options.label_policy, report.dropped)
     images = images.loc[labels.index].assign(**{f: labels[f] for f in LABEL_COLUMNS})
 
-    manifest = images.assign(source=source)[list(MANIFEST_COLUMNS)].reset_index(drop=True)
+    manifest = images.assign(source="chexpert")[list(MANIFEST_COLUMNS)].reset_index(drop=True)
     return finish_manifest(manifest, report, str(dataset), "CheXpert")
 
 

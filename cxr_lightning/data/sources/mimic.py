@@ -1,4 +1,5 @@
-"""MIMIC-CXR (v2.0.0) layout and CSV schemas -> manifest.
+"""The ``mimic_cxr`` source (and ``sample``, the generated sample read the same way): MIMIC-CXR
+(v2.0.0) layout and CSV schemas -> manifest.
 
 PhysioNet ships MIMIC-CXR as two projects (:class:`MimicLayout`): the DICOM project
 (``physionet.org/files/mimic-cxr/<version>/``: ``files/`` and ``cxr-record-list.csv.gz``, the
@@ -8,25 +9,25 @@ the four tables read here: ``mimic-cxr-2.0.0-{chexpert|negbio}.csv.gz`` (labels 
 ``validate`` -> ``val``). A single directory holding ``files/`` and the four tables works too.
 The default cohort is the study's: images whose label is known (0 or 1) for both findings;
 uncertain (-1) and blank labels drop the image. Labeler, label policy per finding, views and
-split are options (:mod:`cxr_lightning.data.cohort`).
+split are options (:class:`~cxr_lightning.data.sources.options.SourceOptions`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from cxr_lightning.data.cohort import LABEL_COLUMNS, CohortOptions, apply_label_policy
 from cxr_lightning.data.manifest import (
     MANIFEST_COLUMNS,
     CohortReport,
     finish_manifest,
     random_patient_split,
 )
+from cxr_lightning.data.sources.options import LABEL_COLUMNS, SourceOptions, apply_label_policy
 from cxr_lightning.data.tables import ID, LABEL_CODE, Column, read_table
 from cxr_lightning.errors import UserError
 
@@ -119,45 +120,48 @@ def resolve_layout(root: str | Path, labels_root: str | Path | None = None,
                            + "\n".join(problems))
 
 
+def study_directory(subject_id: int, study_id: int) -> str:
+    """MIMIC's relative study directory: files/p{2 digits}/p{subject}/s{study}."""
+    subject = str(subject_id)
+    return f"files/p{subject[:2]}/p{subject}/s{study_id}"
+
+
 def image_path(subject_id: int, study_id: int, dicom_id: str, suffix: str = ".dcm") -> str:
     """MIMIC's relative image path: files/p{2 digits}/p{subject}/s{study}/{dicom_id}{suffix}."""
-    subject = str(subject_id)
-    return f"files/p{subject[:2]}/p{subject}/s{study_id}/{dicom_id}{suffix}"
+    return f"{study_directory(subject_id, study_id)}/{dicom_id}{suffix}"
 
 
-def build_mimic_manifest(
-    root: str | Path,
-    labeler: str = "chexpert",
-    source: str = "mimic_cxr",
-    suffix: str = ".dcm",
-    *,
-    label_policy: str | Mapping[str, str] | None = None,
-    views: Sequence[str] | None = None,
-    split: str = "official",
-    split_seed: int = 0,
-    labels_root: str | Path | None = None,
-) -> tuple[pd.DataFrame, CohortReport]:
+def build(root: str | Path, options: SourceOptions) -> tuple[pd.DataFrame, CohortReport]:
+    """The ``mimic_cxr`` source: MIMIC-CXR's DICOM project (see :func:`read_mimic`)."""
+    return read_mimic(root, options, "mimic_cxr", ".dcm")
+
+
+def build_sample(root: str | Path, options: SourceOptions) -> tuple[pd.DataFrame, CohortReport]:
+    """The ``sample`` source: the generated sample (:mod:`cxr_lightning.data.sample`), read as
+    MIMIC-CXR's DICOM project is, under its own source name (and so its own caches)."""
+    return read_mimic(root, options, "sample", ".dcm")
+
+
+def read_mimic(root: str | Path, options: SourceOptions, source: str,
+               suffix: str) -> tuple[pd.DataFrame, CohortReport]:
     """Read a MIMIC-CXR download's tables into the cohort's manifest and its report.
 
-    ``root`` holds ``files/``; the tables come from ``labels_root`` or are found as
+    ``root`` holds ``files/``; the tables come from ``options.labels_root`` or are found as
     :func:`resolve_layout` says. Image paths come from the DICOM project's
-    :data:`RECORD_LIST` when ``root`` holds it (an image it does not list is dropped as
-    ``not_in_record_list``), else from MIMIC's naming rule (:func:`image_path`).
+    :data:`RECORD_LIST` when ``root`` holds it and ``suffix`` is ``.dcm`` (an image it does not
+    list is dropped as ``not_in_record_list``), else from MIMIC's naming rule
+    (:func:`image_path`) with ``suffix``; ``source`` names the manifest's source.
 
-    The cohort options (see :class:`~cxr_lightning.data.cohort.CohortOptions`, whose ``to_dict()``
-    is valid keyword arguments here) default to the study's cohort. Rules apply in this order,
-    each image counted once in ``report.dropped`` under the first rule that drops it:
-    ``study_without_labels``, ``view_not_selected``, ``edema_uncertain``, ``edema_blank``,
-    ``effusion_uncertain``, ``effusion_blank``, ``not_in_split_csv``, ``not_in_record_list``
-    (all keys always present).
+    The options default to the study's cohort. Rules apply in this order, each image counted
+    once in ``report.dropped`` under the first rule that drops it: ``study_without_labels``,
+    ``view_not_selected``, ``edema_uncertain``, ``edema_blank``, ``effusion_uncertain``,
+    ``effusion_blank``, ``not_in_split_csv``, ``not_in_record_list`` (all keys always present).
     Images inherit their study's labels. ``random_patient`` splits all the source's patients
     (the metadata's), so a patient's split does not depend on the label policy or views.
     """
-    options = CohortOptions(labeler=labeler, label_policy=label_policy, views=views, split=split,
-                            split_seed=split_seed)
     root = Path(root)
     needed = (options.labeler, "metadata", *(["split"] if options.split == "official" else []))
-    layout = resolve_layout(root, labels_root, needed)
+    layout = resolve_layout(root, options.labels_root, needed)
     labels = read_table(layout.table(options.labeler), {
         "subject_id": ID, "study_id": ID, **{c: LABEL_CODE for c in LABEL_COLUMNS.values()}},
         unique=("subject_id", "study_id"))
@@ -217,7 +221,7 @@ def _image_paths(layout: MimicLayout, images: pd.DataFrame, suffix: str) -> pd.S
 
 
 def _split(layout: MimicLayout, images: pd.DataFrame, metadata: pd.DataFrame,
-           options: CohortOptions) -> pd.Series:
+           options: SourceOptions) -> pd.Series:
     """Each image's split (train/val/test, NaN where the official split CSV lacks it)."""
     if options.split == "random_patient":
         subjects = metadata["subject_id"]

@@ -10,19 +10,14 @@ Writes the DICOM images (``files/pXX/pSUBJECT/sSTUDY/DICOM_ID.dcm``) and the fou
 * ``single``: everything in ``OUT``.
 
 Edema and pleural effusion labels follow the study cohort's joint distribution and are
-*visible* in the rendered images (see :mod:`cxr_lightning.data.sample_render`), so models can
+*visible* in the rendered images (see :mod:`cxr_lightning.data.sample.render`), so models can
 learn them. The CSVs are written after all images, and a ``SAMPLE_COMPLETE`` JSON marker in the
 image directory last, so a half-written sample is never mistaken for a complete one
-(:func:`is_complete_sample`).
-
-Usage::
-
-    python -m cxr_lightning.data.sample --out DIR --n-subjects 400 --seed 0
+(:func:`is_complete_sample`). The command line is :mod:`cxr_lightning.data.sample.__main__`.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import gzip
 import json
@@ -33,34 +28,34 @@ import shutil
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 
-from cxr_lightning.commands import plain, program_name
 from cxr_lightning.data.dicom import read_dicom_uint8
-from cxr_lightning.data.mimic import image_path
-from cxr_lightning.data.sample_render import (
+from cxr_lightning.data.manifest import SPLITS, random_patient_split
+from cxr_lightning.data.sample.render import (
     DicomStyle,
     ImageSpec,
     StudyFindings,
     write_image,
 )
-from cxr_lightning.errors import run_command
+from cxr_lightning.data.sources.mimic import RECORD_LIST, image_path, study_directory, table_name
 
 logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "1.0"
 MARKER_FILE = "SAMPLE_COMPLETE"
-CHEXPERT_FILE = "mimic-cxr-2.0.0-chexpert.csv.gz"
-NEGBIO_FILE = "mimic-cxr-2.0.0-negbio.csv.gz"
-METADATA_FILE = "mimic-cxr-2.0.0-metadata.csv.gz"
-SPLIT_FILE = "mimic-cxr-2.0.0-split.csv.gz"
+CHEXPERT_FILE = table_name("chexpert")
+NEGBIO_FILE = table_name("negbio")
+METADATA_FILE = table_name("metadata")
+SPLIT_FILE = table_name("split")
 CSV_FILES = (SPLIT_FILE, METADATA_FILE, NEGBIO_FILE, CHEXPERT_FILE)
 """In writing order; the chexpert labels go last."""
-RECORD_LIST_FILE = "cxr-record-list.csv.gz"
+RECORD_LIST_FILE = RECORD_LIST
 STUDY_LIST_FILE = "cxr-study-list.csv.gz"
 LAYOUTS = ("physionet", "single")
 PHYSIONET_DICOM_DIR = Path("physionet.org", "files", "mimic-cxr", "2.0.0")
@@ -450,16 +445,93 @@ def _record_lists(images: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     records = images[["subject_id", "study_id", "dicom_id"]].copy()
     records["path"] = [image_path(s, t, d) for s, t, d in records.itertuples(index=False)]
     studies = records[["subject_id", "study_id"]].drop_duplicates(ignore_index=True)
-    studies["path"] = [f"files/p{str(s)[:2]}/p{s}/s{t}.txt" for s, t in studies.itertuples(
-        index=False)]
+    studies["path"] = [f"{study_directory(s, t)}.txt" for s, t in studies.itertuples(index=False)]
     return records, studies
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """Everything a sample holds but its pixels: the four tables, and the generator the images
+    are rendered from (drawn after the tables, so the tables do not depend on rendering)."""
+
+    n_subjects: int
+    images: pd.DataFrame
+    """The metadata table, one row per image."""
+    chexpert: pd.DataFrame
+    negbio: pd.DataFrame
+    split: pd.DataFrame
+    render_rng: np.random.Generator
+
+
+def plan_sample(n_subjects: int, seed: int, train_fraction: float = 0.7,
+                validate_fraction: float = 0.1) -> SamplePlan:
+    """The sample of ``n_subjects`` patients drawn from ``seed``: ids, views, labels, splits."""
+    label_rng, plan_rng, render_rng, split_rng, negbio_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5))
+    studies = _plan_studies(plan_rng, n_subjects)
+    images = _plan_images(plan_rng, studies)
+    chexpert = _chexpert_table(studies, sample_study_labels(label_rng, len(studies)), label_rng)
+    chexpert = chexpert.sort_values(["subject_id", "study_id"], ignore_index=True)
+    negbio = _negbio_table(chexpert, negbio_rng)
+    split_of = _assign_split(split_rng, chexpert["subject_id"].unique(), train_fraction,
+                             validate_fraction)
+    split = images[["dicom_id", "study_id", "subject_id"]].copy()
+    split["split"] = split["subject_id"].map(split_of)
+    return SamplePlan(n_subjects, images, chexpert, negbio, split[list(SPLIT_COLUMNS)],
+                      render_rng)
+
+
+def multiclass_gap(plan: SamplePlan) -> str | None:
+    """Why the study's cohort of ``plan`` (chexpert labels, both findings known, all views) could
+    not train a multiclass model under either split a reader takes by default (the split CSV,
+    ``official``; ``random_patient`` with ``data.split_seed=0``), or None: a split without images,
+    or a training split without an (edema, effusion) combination."""
+    labels = plan.chexpert[["study_id", "Edema", "Pleural Effusion"]]
+    known = labels[labels[["Edema", "Pleural Effusion"]].isin([0.0, 1.0]).all(axis=1)]
+    images = plan.images[["dicom_id", "subject_id", "study_id"]].merge(known, on="study_id")
+    splits = {
+        "the split CSV (data.split=official)":
+            images["dicom_id"].map(plan.split.set_index("dicom_id")["split"])
+            .replace({"validate": "val"}),
+        "data.split=random_patient (split_seed 0)":
+            images["subject_id"].map(random_patient_split(plan.images["subject_id"], 0)
+                                     .groupby(plan.images["subject_id"]).first()),
+    }
+    for name, split in splits.items():
+        empty = [s for s in SPLITS if not (split == s).any()]
+        if empty:
+            return f"{name} leaves {empty} without images"
+        train = images[split == "train"]
+        present = set(zip(train["Edema"].astype(int), train["Pleural Effusion"].astype(int),
+                          strict=True))
+        missing = sorted({(e, f) for e in (0, 1) for f in (0, 1)} - present)
+        if missing:
+            return f"{name} has no training image with (edema, effusion) = {missing}"
+    return None
+
+
+def trainable_plan(n_subjects: int, seed: int, train_fraction: float = 0.7,
+                   validate_fraction: float = 0.1) -> SamplePlan:
+    """The plan of the smallest sample of at least ``n_subjects`` patients (from ``seed``) that
+    a multiclass model can train on (:func:`multiclass_gap`); logs it when that is more than
+    ``n_subjects``. The sizes tried go up one subject at a time."""
+    plan = plan_sample(n_subjects, seed, train_fraction, validate_fraction)
+    first_gap = gap = multiclass_gap(plan)
+    while gap is not None:
+        plan = plan_sample(plan.n_subjects + 1, seed, train_fraction, validate_fraction)
+        gap = multiclass_gap(plan)
+    if first_gap is not None:
+        logger.warning("Grew the sample from %d to %d subjects (seed %d) so that a multiclass "
+                       "model can train on it: with %d, %s", n_subjects, plan.n_subjects, seed,
+                       n_subjects, first_gap)
+    return plan
 
 
 def generate_sample(out_dir: Path, n_subjects: int = 400, seed: int = 0, *,
                     overwrite: bool = False, train_fraction: float = 0.7,
                     validate_fraction: float = 0.1, compressed_fraction: float = 0.25,
                     workers: int | None = None, layout: str = "physionet",
-                    jpg: bool = False) -> Path:
+                    jpg: bool = False, trainable: bool = False) -> Path:
     """Write a deterministic MIMIC-CXR-format sample of ``n_subjects`` patients to ``out_dir``
     in ``layout`` (see the module docstring); returns the image directory (``data.root``).
 
@@ -467,7 +539,9 @@ def generate_sample(out_dir: Path, n_subjects: int = 400, seed: int = 0, *,
     (``workers``, ``compressed_fraction`` and ``layout`` do not change any pixel or label).
     ``workers`` defaults to the CPU count (at most 8). With ``jpg`` (PhysioNet layout) the
     MIMIC-CXR-JPG project also gets every image as ``.jpg``, converted the way MIMIC-CXR-JPG was
-    (histogram-equalised 8 bit, quality 95), so ``data=mimic_cxr_jpg`` can read it. Raises
+    (histogram-equalised 8 bit, quality 95), so ``data=mimic_cxr_jpg`` can read it. With
+    ``trainable`` the sample grows beyond ``n_subjects`` where a multiclass model could not
+    train on it (:func:`trainable_plan`; the marker records both counts). Raises
     FileExistsError if ``out_dir`` already holds the tables, unless ``overwrite``.
     """
     if jpg and layout != "physionet":
@@ -482,24 +556,13 @@ def generate_sample(out_dir: Path, n_subjects: int = 400, seed: int = 0, *,
     images_dir.mkdir(parents=True, exist_ok=True)
     tables_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    label_rng, plan_rng, render_rng, split_rng, negbio_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5))
-
-    studies = _plan_studies(plan_rng, n_subjects)
-    images = _plan_images(plan_rng, studies)
-    chexpert = _chexpert_table(studies, sample_study_labels(label_rng, len(studies)), label_rng)
-    chexpert = chexpert.sort_values(["subject_id", "study_id"], ignore_index=True)
-    negbio = _negbio_table(chexpert, negbio_rng)
-    split_of = _assign_split(split_rng, chexpert["subject_id"].unique(), train_fraction,
-                             validate_fraction)
-    split = images[["dicom_id", "study_id", "subject_id"]].copy()
-    split["split"] = split["subject_id"].map(split_of)
-    split = split[list(SPLIT_COLUMNS)]
-
-    specs = _image_specs(images_dir, seed, images, chexpert, render_rng, compressed_fraction)
+    plan = (trainable_plan if trainable else plan_sample)(n_subjects, seed, train_fraction,
+                                                          validate_fraction)
+    images, chexpert = plan.images, plan.chexpert
+    specs = _image_specs(images_dir, seed, images, chexpert, plan.render_rng, compressed_fraction)
     n_workers = min(_available_cpus(), 8) if workers is None else workers
     logger.info("Rendering %d images of %d studies (%d subjects) with %d worker(s)",
-                len(specs), len(chexpert), n_subjects, n_workers)
+                len(specs), len(chexpert), plan.n_subjects, n_workers)
     _write_images(specs, n_workers)
 
     if jpg:
@@ -508,43 +571,14 @@ def generate_sample(out_dir: Path, n_subjects: int = 400, seed: int = 0, *,
         records, study_list = _record_lists(images)
         _write_csv_gz(records, images_dir / RECORD_LIST_FILE)
         _write_csv_gz(study_list, images_dir / STUDY_LIST_FILE)
-    for table, name in ((split, SPLIT_FILE), (images, METADATA_FILE), (negbio, NEGBIO_FILE),
-                        (chexpert, CHEXPERT_FILE)):
+    for table, name in ((plan.split, SPLIT_FILE), (images, METADATA_FILE),
+                        (plan.negbio, NEGBIO_FILE), (chexpert, CHEXPERT_FILE)):
         _write_csv_gz(table, tables_dir / name)
-    marker = {"n_subjects": n_subjects, "seed": seed, "generator_version": GENERATOR_VERSION,
-              "n_studies": len(chexpert), "n_images": len(images), "layout": layout,
+    marker = {"n_subjects": plan.n_subjects, "n_subjects_requested": n_subjects, "seed": seed,
+              "generator_version": GENERATOR_VERSION, "n_studies": len(chexpert),
+              "n_images": len(images), "layout": layout,
               "tables": os.path.relpath(tables_dir, images_dir)}
     _write_atomically(images_dir / MARKER_FILE, json.dumps(marker, indent=2).encode() + b"\n")
     logger.info("Wrote sample to %s in %.1f s (images in %s, tables in %s)", out_dir,
                 time.perf_counter() - started, images_dir, tables_dir)
     return images_dir
-
-
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=program_name("cxr_lightning.data.sample"),
-                                     description=plain(__doc__.split("\n\n")[0]))
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--n-subjects", type=int, default=400)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing sample")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: CPUs)")
-    parser.add_argument("--layout", choices=LAYOUTS, default="physionet",
-                        help="physionet: DICOM project and MIMIC-CXR-JPG tables side by side "
-                             "under OUT/physionet.org/files/ (as downloaded); single: all in OUT")
-    parser.add_argument("--jpg", action="store_true",
-                        help="also write the MIMIC-CXR-JPG project's .jpg images")
-    parser.add_argument("--log-level", default="INFO")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point."""
-    args = _parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
-    root = generate_sample(args.out, args.n_subjects, args.seed, overwrite=args.overwrite,
-                           workers=args.workers, layout=args.layout, jpg=args.jpg)
-    logger.info("Train on it with: python -m cxr_lightning.train data.root=%s", root)
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_command(main))
