@@ -25,8 +25,8 @@ RUN = [
     "formulation=multilabel", "data.sample.n_subjects=40", "data.image_size=32",
     "data.batch_size=12", "data.augment=true", "trainer.max_epochs=2", "unfreeze.interval=1",
     "unfreeze.max_blocks=1",
-    # an optimizer and a scheduler chosen on the command line: their state resumes too
-    "model/optimizer=sgd", "model/scheduler=cosine",
+    # a scheduler chosen on the command line: its state resumes too
+    "model/scheduler=cosine",
     "logger=csv", "trainer.log_every_n_steps=1",
     # last.ckpt at step 9 too (a second ModelCheckpoint in the same directory), so the
     # kill at step 11 (epoch 1, after layer4.1 unfroze) resumes from step 9, mid-epoch
