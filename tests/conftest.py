@@ -1,25 +1,26 @@
-"""Shared fixtures: one small generated MIMIC-CXR-format sample per test session."""
+"""Shared fixtures: one small generated MIMIC-CXR-format sample per test session, and the real
+radiographs of ``../shared/data`` where they exist."""
 
 from pathlib import Path
 
 import pytest
 
 from cxr_lightning.data.sample import generate_sample
-
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+from tests.helpers.samples import SHARED_DATA, cli_data_dir
 
 
 @pytest.fixture(scope="session")
 def small_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 40-subject MIMIC-CXR-format sample in PhysioNet's layout, generated once: its DICOM
-    project (``files/``, record lists); the tables are in :func:`sample_tables`."""
+    project (``files/``, record lists); the tables are in
+    :func:`tests.helpers.samples.sample_tables`."""
     return generate_sample(tmp_path_factory.mktemp("sample") / "mimic", n_subjects=40, seed=7)
 
 
-def sample_tables(images_root: Path) -> Path:
-    """The MIMIC-CXR-JPG directory that holds a generated sample's four tables: the sibling of its
-    DICOM project in PhysioNet's layout (``.../mimic-cxr/2.0.0`` -> ``.../mimic-cxr-jpg/2.0.0``)."""
-    return images_root.parents[1] / "mimic-cxr-jpg" / images_root.name
+@pytest.fixture(scope="session")
+def cli_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``paths.data_dir`` for the CLI tests (:func:`tests.helpers.samples.cli_data_dir`)."""
+    return cli_data_dir(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture()

@@ -6,7 +6,7 @@ Pipeline applied by :func:`read_dicom_display` (and its variants), in order:
    pylibjpeg / openjpeg / libjpeg plugins, RLE natively). pydicom masks the unused high
    bits when *Bits Stored* < *Bits Allocated* (and sign-extends signed data); the raw
    *Pixel Data* bytes are never read directly, so that masking is never bypassed.
-   Transfer syntaxes covered by the tests (``tests/test_dicom.py``), each against an
+   Transfer syntaxes covered by the tests (``tests/data/test_dicom.py``), each against an
    independent reference: bit-exact to an uncompressed twin for Implicit/Explicit VR Little
    Endian, Explicit VR Big Endian, RLE Lossless, JPEG 2000 Lossless and JPEG-LS Lossless;
    JPEG 2000 (lossy) bit-exact to its decompressed twin and close to the original; JPEG
