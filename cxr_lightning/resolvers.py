@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import secrets
 
-import torch
 from omegaconf import OmegaConf
 
 RUN_TOKEN_VARIABLE = "CXR_LIGHTNING_RUN_TOKEN"
@@ -26,6 +25,8 @@ def run_token() -> str:
 
 def auto_precision() -> str:
     """``bf16-mixed`` where CUDA with bfloat16 is available, else full precision."""
+    import torch  # here: composing a config (--help, --cfg) needs no torch until this resolves
+
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"

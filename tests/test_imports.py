@@ -29,7 +29,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("evaluation", ("cxr_lightning.evaluation",)),
     # a trained model as a file and its use: training saves its bundle through it
     ("inference", ("cxr_lightning.inference",)),
-    ("training", ("cxr_lightning.train", "cxr_lightning.training", "cxr_lightning.job_record",
+    ("training", ("cxr_lightning.train", "cxr_lightning.job", "cxr_lightning.training",
+                  "cxr_lightning.job_record",
                   "cxr_lightning.results", "cxr_lightning.sweep", "cxr_lightning.tracking",
                   "cxr_lightning.csv_log")),
     ("report", ("cxr_lightning.report",)),

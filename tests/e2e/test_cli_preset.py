@@ -83,7 +83,7 @@ def test_multirun_flag_last(tmp_path, case):
         job = tmp_path / f"{number}_{formulation}"
         job.mkdir()
         (job / "results.json").write_text(json.dumps({
-            "formulation": formulation,
+            "formulation": formulation, "members": [], "predictions": [],
             "metrics": {"val/auroc/mean": 0.5, **dict.fromkeys(TABLE_METRICS, 0.5)},
             "overrides": [f"formulation={formulation}", *extra]}))
     result = _run("formulation=binary,multiclass", *extra, "resume=true",

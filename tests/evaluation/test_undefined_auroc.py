@@ -25,9 +25,9 @@ from torch.utils.data import DataLoader
 
 from cxr_lightning.evaluation.metrics import finding_metrics
 from cxr_lightning.findings import FINDINGS
+from cxr_lightning.job import optimized_value
 from cxr_lightning.models.classifier import CXRClassifier
 from cxr_lightning.models.formulations import MultilabelFormulation
-from cxr_lightning.train import optimized_value
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
