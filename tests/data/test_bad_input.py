@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from cxr_lightning.data.cache import (
     COMPLETE_MARKER,
@@ -42,32 +42,17 @@ from cxr_lightning.inference import images as inference_images
 from cxr_lightning.inference.images import InputImages
 from cxr_lightning.inference.inputs import collect_inputs
 from cxr_lightning.predict import parse_args
+from tests.helpers.dicom import cr_dataset
 from tests.helpers.samples import sample_tables
 
 SPEC = CacheSpec(Preprocessing(16), shard_size=4)
-CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 
 
 def _cr(pixels: np.ndarray | None = None, **tags: object) -> Dataset:
     """A minimal single-frame 12-bit CR dataset (explicit VR little endian) with ``tags``."""
     if pixels is None:
         pixels = np.random.default_rng(0).integers(0, 4096, size=(24, 32), dtype=np.uint16)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = CR_IMAGE_STORAGE
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.astype("<u2").tobytes()
-    for keyword, value in tags.items():
-        setattr(ds, keyword, value)
-    return ds
+    return cr_dataset(pixels, **tags)
 
 
 def _save(ds: Dataset, path: Path) -> Path:

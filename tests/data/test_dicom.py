@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import (
@@ -25,7 +25,6 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     RLELossless,
-    generate_uid,
 )
 
 from cxr_lightning.data import dicom
@@ -37,11 +36,11 @@ from cxr_lightning.data.dicom import (
     read_dicom_display_with_info,
     read_dicom_uint8,
 )
+from tests.helpers.dicom import cr_dataset
 
 SHARED_DICOM = Path(__file__).parents[2] / ".." / "shared" / "data" / "dicom"
 SIIM = "siim_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 SIIM_MONOCHROME1 = "Fake_MONOHR1.dcm"
-CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 
 # Stored values exercising both LINEAR window edges of the (600, 1001) window used below,
 # after rescale v = 2 p - 1024: p=561 -> v=98 (0), p=562 -> v=100 (first step above 0),
@@ -57,39 +56,6 @@ def _pixels(rng: np.random.Generator, shape: tuple[int, int] = (48, 64)) -> np.n
     pixels = rng.integers(0, 4096, size=shape, dtype=np.uint16)
     pixels.flat[: len(EDGE_PIXELS)] = EDGE_PIXELS
     return pixels
-
-
-def _dataset(
-    stored: np.ndarray,
-    *,
-    bits_stored: int = 12,
-    signed: bool = False,
-    photometric: str = "MONOCHROME2",
-    **tags: object,
-) -> Dataset:
-    """Single-frame CR dataset (16 bits allocated) whose Pixel Data are ``stored``'s bytes.
-
-    ``stored`` is written as-is, so high bits above ``bits_stored`` may carry garbage.
-    """
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = CR_IMAGE_STORAGE
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = int(signed)
-    ds.PixelData = stored.astype("<u2").tobytes()
-    for keyword, value in tags.items():
-        setattr(ds, keyword, value)
-    return ds
 
 
 def _save(ds: Dataset, path: Path) -> Path:
@@ -155,7 +121,7 @@ def _assert_lungs_dark(image: np.ndarray) -> None:
 @pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
 def test_rescale_and_window_match_standard_formula(tmp_path, function):
     pixels = _pixels(np.random.default_rng(0))
-    ds = _dataset(pixels, RescaleSlope=2, RescaleIntercept=-1024,
+    ds = cr_dataset(pixels, RescaleSlope=2, RescaleIntercept=-1024,
                   WindowCenter=600, WindowWidth=1001)
     if function != "LINEAR":
         ds.VOILUTFunction = function
@@ -176,7 +142,7 @@ def test_rescale_and_window_match_standard_formula(tmp_path, function):
 def test_signed_pixels_window(tmp_path):
     rng = np.random.default_rng(1)
     values = rng.integers(-2048, 2048, size=(32, 40)).astype(np.int16)
-    ds = _dataset(values.view(np.uint16) & 0x0FFF, signed=True, RescaleSlope=1,
+    ds = cr_dataset(values.view(np.uint16) & 0x0FFF, signed=True, RescaleSlope=1,
                   RescaleIntercept=0, WindowCenter=-100, WindowWidth=2500)
     image = read_dicom_display(_save(ds, tmp_path / "s.dcm"))
     np.testing.assert_allclose(image, _linear(values.astype(np.float64), -100, 2500), atol=1e-6)
@@ -184,7 +150,7 @@ def test_signed_pixels_window(tmp_path):
 
 def test_multivalued_window_uses_first(tmp_path):
     pixels = _pixels(np.random.default_rng(2))
-    ds = _dataset(pixels, RescaleSlope=2, RescaleIntercept=-1024,
+    ds = cr_dataset(pixels, RescaleSlope=2, RescaleIntercept=-1024,
                   WindowCenter=[600, 40], WindowWidth=[1001, 400])
     image, info = read_dicom_display_with_info(_save(ds, tmp_path / "m.dcm"))
     expected = _linear(pixels.astype(np.float64) * 2 - 1024, 600.0, 1001.0)
@@ -194,7 +160,7 @@ def test_multivalued_window_uses_first(tmp_path):
 
 def test_invalid_window_falls_back_to_percentile(tmp_path, caplog):
     pixels = _pixels(np.random.default_rng(3))
-    path = _save(_dataset(pixels, WindowCenter=100, WindowWidth=0), tmp_path / "bad.dcm")
+    path = _save(cr_dataset(pixels, WindowCenter=100, WindowWidth=0), tmp_path / "bad.dcm")
     with caplog.at_level("WARNING"):
         _, info = read_dicom_display_with_info(path)
     assert info.voi_source == "percentile"
@@ -212,7 +178,7 @@ def test_voi_lut_sequence_preferred_over_window(tmp_path, depth):
     item.add_new(0x00283002, "US", [entries, first_map, depth])  # LUT Descriptor
     item.add_new(0x00283006, "US", lut.tolist())  # LUT Data
     # RescaleIntercept makes the modality output float64: it must still index the LUT.
-    ds = _dataset(pixels, RescaleSlope=1, RescaleIntercept=-100,
+    ds = cr_dataset(pixels, RescaleSlope=1, RescaleIntercept=-100,
                   WindowCenter=2000, WindowWidth=100, VOILUTSequence=[item])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -227,7 +193,7 @@ def test_no_voi_uses_percentile_window(tmp_path):
     rng = np.random.default_rng(5)
     values = np.clip(rng.normal(1500, 400, size=(80, 60)), 0, 4095).astype(np.uint16)
     values.flat[:5] = 4095  # a few hot pixels must not stretch the window
-    image, info = read_dicom_display_with_info(_save(_dataset(values), tmp_path / "p.dcm"))
+    image, info = read_dicom_display_with_info(_save(cr_dataset(values), tmp_path / "p.dcm"))
 
     lo, hi = np.percentile(values.astype(np.float64), [0.5, 99.5])
     expected = np.clip((values - lo) / (hi - lo), 0, 1)
@@ -238,7 +204,7 @@ def test_no_voi_uses_percentile_window(tmp_path):
 
 
 def test_constant_image_is_black(tmp_path):
-    path = _save(_dataset(np.full((8, 8), 7, np.uint16)), tmp_path / "c.dcm")
+    path = _save(cr_dataset(np.full((8, 8), 7, np.uint16)), tmp_path / "c.dcm")
     assert not read_dicom_display(path).any()
 
 
@@ -258,8 +224,8 @@ def test_unused_high_bits_are_masked(tmp_path, signed):
     assert garbage.any()
     tags = {"RescaleSlope": 2, "RescaleIntercept": -1024, "WindowCenter": 600,
             "WindowWidth": 1001}
-    dirty = _save(_dataset(low12 | garbage, signed=signed, **tags), tmp_path / "dirty.dcm")
-    clean = _save(_dataset(low12, signed=signed, **tags), tmp_path / "clean.dcm")
+    dirty = _save(cr_dataset(low12 | garbage, signed=signed, **tags), tmp_path / "dirty.dcm")
+    clean = _save(cr_dataset(low12, signed=signed, **tags), tmp_path / "clean.dcm")
 
     expected = _linear(values.astype(np.float64) * 2 - 1024, 600.0, 1001.0)
     np.testing.assert_allclose(read_dicom_display(dirty), expected, atol=1e-6)
@@ -269,8 +235,8 @@ def test_unused_high_bits_are_masked(tmp_path, signed):
 @pytest.mark.parametrize("voi", [{"WindowCenter": 600, "WindowWidth": 1001}, {}])
 def test_monochrome1_is_exact_negative(tmp_path, voi):
     pixels = _pixels(np.random.default_rng(8))
-    mono2 = _save(_dataset(pixels, **voi), tmp_path / "m2.dcm")
-    mono1 = _save(_dataset(pixels, photometric="MONOCHROME1", **voi), tmp_path / "m1.dcm")
+    mono2 = _save(cr_dataset(pixels, **voi), tmp_path / "m2.dcm")
+    mono1 = _save(cr_dataset(pixels, photometric="MONOCHROME1", **voi), tmp_path / "m1.dcm")
 
     image2, image1 = read_dicom_display(mono2), read_dicom_display(mono1)
     np.testing.assert_array_equal(image1, np.float32(1) - image2)
@@ -280,7 +246,7 @@ def test_monochrome1_is_exact_negative(tmp_path, voi):
 
 def test_uint8_is_rounded_display(tmp_path):
     pixels = _pixels(np.random.default_rng(9))
-    path = _save(_dataset(pixels, WindowCenter=1500, WindowWidth=2000), tmp_path / "u.dcm")
+    path = _save(cr_dataset(pixels, WindowCenter=1500, WindowWidth=2000), tmp_path / "u.dcm")
     as_uint8 = read_dicom_uint8(path)
     assert as_uint8.dtype == np.uint8 and as_uint8.shape == pixels.shape
     np.testing.assert_array_equal(as_uint8, np.rint(read_dicom_display(path) * 255))
@@ -290,7 +256,7 @@ def test_uint8_is_rounded_display(tmp_path):
 
 
 def test_missing_pixel_data(tmp_path):
-    ds = _dataset(np.zeros((4, 4), np.uint16))
+    ds = cr_dataset(np.zeros((4, 4), np.uint16))
     del ds.PixelData
     path = _save(ds, tmp_path / "nopix.dcm")
     with pytest.raises(DicomDecodeError, match="Pixel Data") as err:
@@ -308,7 +274,7 @@ def test_not_dicom(tmp_path):
 
 
 def test_truncated_file(tmp_path):
-    whole = _save(_dataset(_pixels(np.random.default_rng(10))), tmp_path / "whole.dcm")
+    whole = _save(cr_dataset(_pixels(np.random.default_rng(10))), tmp_path / "whole.dcm")
     path = tmp_path / "cut.dcm"
     path.write_bytes(whole.read_bytes()[:-1000])
     with pytest.raises(DicomDecodeError) as err:
@@ -324,7 +290,7 @@ def test_missing_file(tmp_path):
 
 
 def test_colour_rejected(tmp_path):
-    ds = _dataset(np.zeros((4, 4), np.uint16), photometric="RGB")
+    ds = cr_dataset(np.zeros((4, 4), np.uint16), photometric="RGB")
     ds.SamplesPerPixel = 3
     ds.PlanarConfiguration = 0
     ds.BitsAllocated = ds.BitsStored = 8
@@ -337,7 +303,7 @@ def test_colour_rejected(tmp_path):
 
 
 def test_multiframe_rejected(tmp_path):
-    ds = _dataset(np.zeros((8, 4), np.uint16))
+    ds = cr_dataset(np.zeros((8, 4), np.uint16))
     ds.Rows, ds.NumberOfFrames = 4, 2
     path = _save(ds, tmp_path / "frames.dcm")
     with pytest.raises(DicomDecodeError, match="multi-frame") as err:
@@ -441,7 +407,7 @@ def test_siim_percentile_window_and_orientation(siim_twins):
 @pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless])
 def test_lossless_encodings_decode_identically(tmp_path, syntax):
     pixels = _pixels(np.random.default_rng(7))
-    ds = _dataset(pixels, WindowCenter=2048, WindowWidth=4096)
+    ds = cr_dataset(pixels, WindowCenter=2048, WindowWidth=4096)
     plain = _save(ds, tmp_path / "plain.dcm")
     ds.compress(syntax)
     packed = _save(ds, tmp_path / "packed.dcm")
@@ -454,7 +420,7 @@ def test_lossless_encodings_decode_identically(tmp_path, syntax):
 
 
 def test_jpeg2000_lossy_is_close(tmp_path):
-    ds = _dataset(_smooth(np.random.default_rng(11)), WindowCenter=2048, WindowWidth=4096)
+    ds = cr_dataset(_smooth(np.random.default_rng(11)), WindowCenter=2048, WindowWidth=4096)
     plain = _save(ds, tmp_path / "plain.dcm")
     ds.compress(JPEG2000, j2k_cr=[10])
     lossy = _save(ds, tmp_path / "lossy.dcm")
@@ -471,7 +437,7 @@ def test_jpeg_baseline_matches_libjpeg_turbo(tmp_path):
     ok, encoded = cv2.imencode(".jpg", original, [cv2.IMWRITE_JPEG_QUALITY, 90])
     assert ok
     # LINEAR_EXACT with center 127.5, width 255 is the identity on 0..255 (PS3.3 C.11.2.1.3.2).
-    ds = _dataset(original.astype(np.uint16), bits_stored=8, WindowCenter=127.5,
+    ds = cr_dataset(original.astype(np.uint16), bits_stored=8, WindowCenter=127.5,
                   WindowWidth=255, VOILUTFunction="LINEAR_EXACT")
     ds.BitsAllocated = 8
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
@@ -567,7 +533,7 @@ def _assert_equalised(image: np.ndarray, tolerance: float) -> None:
 @pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
 def test_equalised_mode_follows_mimic_cxr_jpg(tmp_path, photometric):
     stored = _smooth(np.random.default_rng(13), (128, 128))
-    path = _save(_dataset(stored, photometric=photometric), tmp_path / "e.dcm")
+    path = _save(cr_dataset(stored, photometric=photometric), tmp_path / "e.dcm")
     image = read_dicom_uint8(path, histogram_equalization=True)
 
     assert image.dtype == np.uint8 and image.shape == stored.shape
@@ -582,8 +548,8 @@ def test_equalised_mode_follows_mimic_cxr_jpg(tmp_path, photometric):
 
 def test_equalised_mode_ignores_window_and_rescale(tmp_path):
     stored = _smooth(np.random.default_rng(14))
-    bare = _save(_dataset(stored), tmp_path / "bare.dcm")
-    windowed = _save(_dataset(stored, WindowCenter=900, WindowWidth=300, RescaleSlope=2,
+    bare = _save(cr_dataset(stored), tmp_path / "bare.dcm")
+    windowed = _save(cr_dataset(stored, WindowCenter=900, WindowWidth=300, RescaleSlope=2,
                               RescaleIntercept=-1024), tmp_path / "windowed.dcm")
     equalised = read_dicom_uint8(bare, histogram_equalization=True)
     np.testing.assert_array_equal(read_dicom_uint8(windowed, histogram_equalization=True),
@@ -592,7 +558,7 @@ def test_equalised_mode_ignores_window_and_rescale(tmp_path):
 
 
 def test_equalised_mode_constant_image(tmp_path):
-    path = _save(_dataset(np.full((8, 8), 700, np.uint16)), tmp_path / "flat.dcm")
+    path = _save(cr_dataset(np.full((8, 8), 700, np.uint16)), tmp_path / "flat.dcm")
     image = read_dicom_uint8(path, histogram_equalization=True)
     assert image.dtype == np.uint8 and len(np.unique(image)) == 1
 
@@ -691,7 +657,7 @@ def _assert_table_matches_reference(path: Path) -> None:
 def test_table_matches_per_pixel_reference(tmp_path, case):
     stored, options = _table_cases()[case]
     signed = stored.dtype.kind == "i"
-    ds = _dataset(stored.view(np.uint16) if signed else stored, signed=signed, **options)
+    ds = cr_dataset(stored.view(np.uint16) if signed else stored, signed=signed, **options)
     path = _save(ds, tmp_path / f"{case}.dcm")
     assert dicom._stored_values(dcmread(path).pixel_array, use_table=True)[1] is not None
     _assert_table_matches_reference(path)
@@ -700,7 +666,7 @@ def test_table_matches_per_pixel_reference(tmp_path, case):
 def test_table_matches_reference_8bit_pixels(tmp_path):
     stored = np.random.default_rng(21).integers(0, 256, size=(37, 53)).astype(np.uint16)
     for name, options in (("w", {"WindowCenter": 100, "WindowWidth": 60}), ("p", {})):
-        ds = _dataset(stored, bits_stored=8, **options)
+        ds = cr_dataset(stored, bits_stored=8, **options)
         ds.BitsAllocated = 8
         ds.PixelData = stored.astype(np.uint8).tobytes()
         path = _save(ds, tmp_path / f"{name}.dcm")

@@ -7,18 +7,15 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cxr_lightning.data.datamodule import PREFETCH_FACTOR, CXRDataModule
+from cxr_lightning.data.datamodule import PREFETCH_FACTOR
 from cxr_lightning.models.classifier import CXRClassifier
 from cxr_lightning.models.formulations import MultilabelFormulation
+from tests.helpers.bundles import sample_datamodule
 
 
 @pytest.fixture()
-def datamodule(small_sample, tmp_path):
-    module = CXRDataModule(root=str(small_sample), source="sample", image_size=32, batch_size=8,
-                           num_workers=0, cache_dir=str(tmp_path / "cache"), cache_workers=1,
-                           resize="squash")
-    module.prepare_data()
-    return module
+def datamodule(small_sample):
+    return sample_datamodule(small_sample, resize="squash")
 
 
 def test_training_batches_are_all_full(datamodule):
