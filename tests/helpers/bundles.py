@@ -17,18 +17,20 @@ from cxr_lightning.models.formulations import plan_for
 SMALL = Preprocessing(32)
 
 
-def random_models(formulation: str, backbone: str = "resnet18",
-                  seed: int = 0) -> list[CXRClassifier]:
+def random_models(formulation: str, backbone: str = "resnet18", seed: int = 0,
+                  in_channels: int = 3) -> list[CXRClassifier]:
     """The formulation's member models, random init (no download), in eval mode."""
     torch.manual_seed(seed)
-    return [CXRClassifier(member, backbone=backbone, weights="none").eval()
+    return [CXRClassifier(member, backbone=backbone, weights="none",
+                          in_channels=in_channels).eval()
             for member in plan_for(formulation).members]
 
 
 def saved_model(directory: Path, formulation: str, preprocessing: Preprocessing = SMALL,
                 **kwargs) -> tuple[Path, list[CXRClassifier]]:
-    """``directory/model.pt`` of random models of ``formulation``, and those models."""
-    models = random_models(formulation)
+    """``directory/model.pt`` of random models of ``formulation`` taking the preprocessing's
+    channels, and those models."""
+    models = random_models(formulation, in_channels=preprocessing.channels)
     path = save_bundle(directory / f"{formulation}.pt", plan=plan_for(formulation),
                        models=models, preprocessing=preprocessing, **kwargs)
     return path, models

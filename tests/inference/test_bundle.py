@@ -190,12 +190,8 @@ def test_one_binary_member_checkpoint_is_not_a_whole_model(fitted_checkpoints, t
 
 
 def test_grey_input_model_keeps_its_one_channel_normalisation(tmp_path):
-    torch.manual_seed(0)
-    plan = plan_for("multilabel")
-    model = CXRClassifier(plan.members[0], backbone="resnet18", weights="none",
-                          in_channels=1).eval()
-    bundle = load_model(save_bundle(tmp_path / "grey.pt", plan=plan, models=[model],
-                                    preprocessing=Preprocessing(32, channels=1)))
+    path, (model,) = saved_model(tmp_path, "multilabel", Preprocessing(32, channels=1))
+    bundle = load_model(path)
     assert bundle.preprocessing.channels == 1
     normalisation = bundle.preprocessing_record["normalisation"]
     mean, std = sum((0.485, 0.456, 0.406)) / 3, sum((0.229, 0.224, 0.225)) / 3

@@ -20,12 +20,10 @@ from pydicom.data import get_testdata_file
 from cxr_lightning import predict
 from cxr_lightning.data.preprocess import Preprocessing
 from cxr_lightning.errors import BadValueError
-from cxr_lightning.inference.bundle import load_model, save_bundle
+from cxr_lightning.inference.bundle import load_model
 from cxr_lightning.inference.images import InputImages, collate_inputs
 from cxr_lightning.inference.inputs import collect_inputs
 from cxr_lightning.inference.predictor import PREDICTION_COLUMNS, predict_files, resolve_device
-from cxr_lightning.models.classifier import CXRClassifier
-from cxr_lightning.models.formulations import plan_for
 from tests.helpers.bundles import hand_probabilities, sample_datamodule, saved_model
 
 PROBABILITIES = ["edema_prob", "effusion_prob"]
@@ -177,13 +175,8 @@ def _normalised_by_hand(images: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def test_grey_input_model_gets_one_channel_input(tmp_path, mixed_inputs):
-    torch.manual_seed(0)
-    plan = plan_for("multiclass")
-    model = CXRClassifier(plan.members[0], backbone="resnet18", weights="none",
-                          in_channels=1).eval()
-    bundle = load_model(save_bundle(tmp_path / "grey.pt", plan=plan, models=[model],
-                                    preprocessing=Preprocessing(32, channels=1)))
-    table = predict_files(bundle, [mixed_inputs["png8"]], device="cpu")
+    path, (model,) = saved_model(tmp_path, "multiclass", Preprocessing(32, channels=1))
+    table = predict_files(load_model(path), [mixed_inputs["png8"]], device="cpu")
     expected = hand_probabilities("multiclass", [model],
                                   _normalised_by_hand(_padded_by_hand(mixed_inputs["png8"]), 1))
     np.testing.assert_allclose(table[PROBABILITIES].to_numpy(), expected.numpy(), atol=1e-6)
