@@ -99,3 +99,43 @@ class FrozenBatchNormFolding:
         for conv, bn in self.folded:
             del conv.forward, bn.forward  # the instance attributes: the class's forward again
         self.folded = []
+
+
+class FrozenBatchNorms:
+    """The frozen backbone's BatchNorm layers: held in eval mode while training (running
+    statistics untouched, normalisation with them) and, with ``fold``, folded into the
+    convolution before them. The layers are found by walking the live module tree at every
+    :meth:`update`, never through references kept from before, so a module swapped in after
+    the callback's ``setup`` (the strategy's SyncBatchNorm conversion) is the one held."""
+
+    def __init__(self, fold: bool = True) -> None:
+        self.fold = fold
+        self.layers: list[_BatchNorm] = []
+        self._folding: FrozenBatchNormFolding | None = None
+
+    def update(self, backbone: nn.Module, unfrozen: Iterable[nn.Module]) -> None:
+        """Hold the BatchNorm layers of ``backbone`` outside the ``unfrozen`` blocks (and fold
+        them); the first call finds the foldable pairs."""
+        if self.fold and self._folding is None:
+            self._folding = FrozenBatchNormFolding(backbone)
+        trainable = {id(module) for block in unfrozen for module in block.modules()}
+        self.layers = [module for module in backbone.modules()
+                       if isinstance(module, _BatchNorm) and id(module) not in trainable]
+        if self._folding is not None:
+            self._folding.refold(self.layers)
+
+    def hold_eval(self) -> None:
+        """Put the held layers in eval mode, whatever ``.train()`` calls came before."""
+        for bn in self.layers:
+            bn.train(False)
+
+    def unfold(self) -> None:
+        """Run every folded pair unfolded again."""
+        if self._folding is not None:
+            self._folding.unfold()
+
+    def release(self) -> None:
+        """Hand the layers back as they came: unfolded, in train mode."""
+        self.unfold()
+        for bn in self.layers:
+            bn.train(True)

@@ -22,7 +22,6 @@ Contract with the LightningModule:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -33,11 +32,12 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only, rank_zero_warn
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
 
-from cxr_lightning.callbacks.bn_folding import FrozenBatchNormFolding
+from cxr_lightning.callbacks.bn_folding import FrozenBatchNorms
+from cxr_lightning.callbacks.ddp_sync import TrainableSync
+from cxr_lightning.callbacks.unfreeze_schedule import Schedule, UnfreezeSchedule
 
 log = logging.getLogger(__name__)
 _info = rank_zero_only(log.info)  # stage changes, through the job's log (rank zero only)
@@ -45,31 +45,22 @@ _info = rank_zero_only(log.info)  # stage changes, through the job's log (rank z
 UNSUPPORTED_SCHEDULERS = (OneCycleLR, CyclicLR)
 """Schedulers that store per-group state at construction, which groups added later lack."""
 
-Schedule = Sequence[tuple[int, int | str | Sequence[str]]]
-"""``[(epoch, blocks)]``: a count of blocks, ``"all"`` or block names, unfrozen at ``epoch``."""
-
 
 class ProgressiveUnfreezing(BaseFinetuning):
     """Unfreeze backbone blocks top-down in stages: stage 0 trains the head only.
 
-    Stages come from one of two forms:
-
-    * interval form (``schedule=None``): every ``interval`` epochs the next ``blocks_per_step``
-      blocks of ``pl_module.unfreezable_blocks()`` unfreeze (``interval=None``: never);
-    * explicit form: ``schedule`` lists ``(epoch, blocks)`` steps with strictly increasing
-      epochs; ``blocks`` is what the step unfreezes: a count of the next blocks top-down, their
-      names (they must be the next blocks, in any order), or ``"all"`` (every remaining block).
-      ``interval`` and ``blocks_per_step`` are then ignored. ``[(0, "all")]`` trains everything
-      from the start.
-
-    ``max_blocks`` and ``until`` (the last block to unfreeze) cap either form; a step beyond the
-    cap is dropped. Each stage lasts its nominal length (the gap between its step's epoch and the
-    next one's); the last stage lasts ``last_stage_epochs`` epochs, after which the run stops
-    (``None``: until the run ends otherwise). With ``monitor`` and ``patience``, a stage whose
-    validation metric has not improved (``mode``) for ``patience`` validations ends early: the
-    next stage starts at the next epoch, and every later stage keeps its length; a plateau in the
-    last stage ends the run. So ``interval=10, last_stage_epochs=10, patience=3`` are the study's
-    settings: each at most 10 epochs, with early stopping.
+    The stages are a plain value, :class:`~cxr_lightning.callbacks.unfreeze_schedule.
+    UnfreezeSchedule` (:attr:`plan`), built from ``interval``, ``blocks_per_step``,
+    ``max_blocks``, ``until``, ``schedule`` (explicit ``(epoch, blocks)`` steps;
+    ``[(0, "all")]`` trains everything from the start) and ``last_stage_epochs``, and resolved
+    on ``pl_module.unfreezable_blocks()``. Each stage lasts its nominal length (the gap
+    between its step's epoch and the next one's); the last stage lasts ``last_stage_epochs``
+    epochs, after which the run stops (``None``: until the run ends otherwise). With ``monitor``
+    and ``patience``, a stage whose validation metric has not improved (``mode``) for
+    ``patience`` validations ends early: the next stage starts at the next epoch, and every
+    later stage keeps its length; a plateau in the last stage ends the run. So ``interval=10,
+    last_stage_epochs=10, patience=3`` are the study's settings: each at most 10 epochs, with
+    early stopping.
 
     With ``restore_best`` (needs ``monitor``), each stage starts from the weights of the
     previous stage's best validation, as early stopping with restored weights does: the head
@@ -77,10 +68,11 @@ class ProgressiveUnfreezing(BaseFinetuning):
     each improvement and in the checkpointed state, and loaded back when the next stage begins.
 
     Frozen blocks keep their weights and, unless ``train_bn``, their BatchNorm layers in eval
-    mode (running statistics untouched, normalisation with them); with ``fold_frozen_bn``
-    (default) a frozen BatchNorm that follows a frozen convolution runs folded into it
-    (:mod:`~cxr_lightning.callbacks.bn_folding`: the same function, one pass fewer). With
-    ``train_bn=True`` frozen BatchNorm layers train, as in Lightning's
+    mode, folded into the convolution before them with ``fold_frozen_bn`` (default):
+    :class:`~cxr_lightning.callbacks.bn_folding.FrozenBatchNorms`. Under DDP the module is
+    rewrapped whenever its trainable parameters change
+    (:class:`~cxr_lightning.callbacks.ddp_sync.TrainableSync`), so every rank trains one model.
+    With ``train_bn=True`` frozen BatchNorm layers train, as in Lightning's
     ``BaseFinetuning.freeze``: their affine parameters require grad from the start, so
     ``configure_optimizers`` puts them in the head's param group, where they stay once their
     block is unfrozen.
@@ -108,48 +100,38 @@ class ProgressiveUnfreezing(BaseFinetuning):
         restore_best: bool = False,
     ) -> None:
         super().__init__()
-        if interval is not None and interval < 1:
-            raise ValueError(f"interval must be >= 1 or None, got {interval}")
-        if max_blocks is not None and max_blocks < 0:
-            raise ValueError(f"max_blocks must be >= 0 or None, got {max_blocks}")
+        self.plan = UnfreezeSchedule(interval=interval, blocks_per_step=blocks_per_step,
+                                     max_blocks=max_blocks, until=until,
+                                     steps=None if schedule is None else tuple(schedule),
+                                     last_stage_epochs=last_stage_epochs)
         if lr_factor <= 0:
             raise ValueError(f"lr_factor must be > 0, got {lr_factor}")
-        if blocks_per_step < 1:
-            raise ValueError(f"blocks_per_step must be >= 1, got {blocks_per_step}")
         if (monitor is None) != (patience is None) or (patience is not None and patience < 1):
             raise ValueError(
                 f"monitor and patience (>= 1) go together, got {monitor=} {patience=}"
             )
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-        if last_stage_epochs is not None and last_stage_epochs < 1:
-            raise ValueError(f"last_stage_epochs must be >= 1 or None, got {last_stage_epochs}")
         if restore_best and monitor is None:
             raise ValueError("restore_best needs monitor (and patience): the best weights of a "
                              "stage are those of its best value of the monitored metric")
-        self.interval = interval
-        self.max_blocks = max_blocks
         self.lr_factor = lr_factor
         self.train_bn = train_bn
-        self.blocks_per_step = blocks_per_step
-        self.until = until
-        self.schedule = None if schedule is None else _normalise_schedule(schedule)
         self.monitor = monitor
         self.patience = patience
         self.mode = mode
         self.fold_frozen_bn = fold_frozen_bn
-        self.last_stage_epochs = last_stage_epochs
         self.restore_best = restore_best
         self._best_state: dict[str, torch.Tensor] | None = None
-        self._folding: FrozenBatchNormFolding | None = None
+        self._frozen_bn = FrozenBatchNorms(fold=fold_frozen_bn)
         self._blocks: list[tuple[str, nn.Module]] = []
         self._stages: list[tuple[int, int]] = [(0, 0)]  # (nominal start epoch, blocks unfrozen)
         self._history: list[dict[str, Any]] = [{"epoch": 0, "blocks": []}]
         self._best: float | None = None
         self._wait = 0
         self._advance = False
-        self._frozen_bns: list[_BatchNorm] = []
         self._logged_stage: int | None = None
+        self._ddp = TrainableSync()
 
     @property
     def stage(self) -> int:
@@ -165,6 +147,17 @@ class ProgressiveUnfreezing(BaseFinetuning):
     def unfrozen_block_names(self) -> list[str]:
         """Names of the unfrozen blocks, in unfreezing order."""
         return [name for entry in self._history for name in entry["blocks"]]
+
+    @property
+    def blocks(self) -> list[tuple[str, nn.Module]]:
+        """The model's unfreezable blocks ``[(name, module)]`` top-down, as resolved at the
+        start of fitting (read-only; empty before)."""
+        return list(self._blocks)
+
+    @property
+    def last_stage_epochs(self) -> int | None:
+        """How long the last stage lasts (``None``: until the run ends otherwise)."""
+        return self.plan.last_stage_epochs
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -204,7 +197,7 @@ class ProgressiveUnfreezing(BaseFinetuning):
                 "and a method `unfreezable_blocks()` returning [(name, module), ...] top-down"
             )
         self._blocks = list(pl_module.unfreezable_blocks())
-        self._stages = self._resolve_stages([name for name, _ in self._blocks])
+        self._stages = self.plan.resolve([name for name, _ in self._blocks])
         self._history = [{"epoch": 0, "blocks": []}]
         self._reset_plateau()
         self.freeze(pl_module.backbone, train_bn=self.train_bn)
@@ -216,6 +209,9 @@ class ProgressiveUnfreezing(BaseFinetuning):
                 "ProgressiveUnfreezing supports exactly one optimizer, "
                 f"got {len(trainer.optimizers)}"
             )
+        self._ddp.track(trainer)
+        # resolved again: the strategy may have swapped modules since setup (SyncBatchNorm)
+        self._blocks = list(pl_module.unfreezable_blocks())
         if self._restarting:
             unfrozen = self.unfrozen_block_names
             names = [name for name, _ in self._blocks[: len(unfrozen)]]
@@ -255,9 +251,9 @@ class ProgressiveUnfreezing(BaseFinetuning):
             _info("BatchNorm folding is off under a compiled backbone: the compiler "
                            "fuses eval-mode BatchNorm itself")
             self.fold_frozen_bn = False
-        if self.fold_frozen_bn and not self.train_bn:
-            self._folding = FrozenBatchNormFolding(pl_module.backbone)
-        self._collect_frozen_bns(pl_module)
+        self._frozen_bn.fold = self.fold_frozen_bn
+        self._update_frozen_bn(pl_module)
+        self._ddp.update(trainer)
 
     def finetune_function(
         self, pl_module: pl.LightningModule, epoch: int, optimizer: Optimizer
@@ -269,7 +265,7 @@ class ProgressiveUnfreezing(BaseFinetuning):
             >= self._stages[self.stage + 1][0] - self._stages[self.stage][0]
         ):
             self._begin_next_stage(pl_module, epoch, optimizer)
-        self._collect_frozen_bns(pl_module)
+        self._update_frozen_bn(pl_module)
 
     def plateaued(self, value: float) -> bool:
         """Record a validation value of ``monitor`` for the current stage; return whether it has
@@ -291,6 +287,7 @@ class ProgressiveUnfreezing(BaseFinetuning):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Begin the epoch's stage (BaseFinetuning) and log it."""
         super().on_train_epoch_start(trainer, pl_module)
+        self._ddp.update(trainer)
         self._extend_schedulers(trainer, trainer.optimizers[0])
         trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
         for key, value in (
@@ -346,48 +343,20 @@ class ProgressiveUnfreezing(BaseFinetuning):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         """Put frozen BatchNorm layers in eval mode, whatever ``.train()`` calls came before."""
-        for bn in self._frozen_bns:
-            bn.train(False)
+        self._frozen_bn.hold_eval()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Hand the module back as it came: BatchNorm unfolded, every layer in train mode."""
-        self._unfold()
-        for bn in self._frozen_bns:
-            bn.train(True)
+        self._frozen_bn.release()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                      exception: BaseException) -> None:
         """Unfold BatchNorm, so a failed fit leaves the module unchanged."""
-        self._unfold()
-
-    def _unfold(self) -> None:
-        if self._folding is not None:
-            self._folding.unfold()
-
-    def _resolve_stages(self, names: list[str]) -> list[tuple[int, int]]:
-        """``[(nominal start epoch, blocks unfrozen)]`` per stage, stage 0 first, capped."""
-        limit = len(names) if self.max_blocks is None else min(self.max_blocks, len(names))
-        if self.until is not None:
-            if self.until not in names:
-                raise ValueError(f"until={self.until!r} is not a block; valid: {names}")
-            limit = min(limit, names.index(self.until) + 1)
-        steps = self.schedule
-        if steps is None and self.interval is None:
-            steps = []
-        elif steps is None:
-            starts = range(0, len(names), self.blocks_per_step)
-            steps = [(self.interval * (k + 1), min(self.blocks_per_step, len(names) - start))
-                     for k, start in enumerate(starts)]
-        stages, requested = [(0, 0)], 0
-        for epoch, blocks in steps:
-            requested += _step_size(epoch, blocks, names[requested:])
-            if min(requested, limit) > stages[-1][1]:
-                stages.append((epoch, min(requested, limit)))
-        return stages
+        self._frozen_bn.unfold()
 
     def _check_max_epochs(self, trainer: pl.Trainer) -> None:
         """Warn when ``max_epochs`` would cut the schedule short of its last stage's length."""
-        longest = self._stages[-1][0] + (self.last_stage_epochs or 1)
+        longest = self.plan.longest(self._stages)
         if trainer.max_epochs is not None and 0 <= trainer.max_epochs < longest:
             rank_zero_warn(f"trainer.max_epochs={trainer.max_epochs} may end the run before the "
                            f"unfreezing schedule does: its last stage starts at epoch "
@@ -471,24 +440,11 @@ class ProgressiveUnfreezing(BaseFinetuning):
                 if isinstance(values, list) and values:
                     values.extend(values[0] for _ in groups[len(values):])
 
-    def _collect_frozen_bns(self, pl_module: pl.LightningModule) -> None:
-        """The BatchNorm layers to keep in eval mode: those of the still-frozen backbone (folded
-        into their convolutions with ``fold_frozen_bn``)."""
-        if self.train_bn:
-            self._frozen_bns = []
-            return
-        unfrozen = {
-            id(module)
-            for _, block in self._blocks[: len(self.unfrozen_block_names)]
-            for module in block.modules()
-        }
-        self._frozen_bns = [
-            module
-            for module in pl_module.backbone.modules()
-            if isinstance(module, _BatchNorm) and id(module) not in unfrozen
-        ]
-        if self._folding is not None:
-            self._folding.refold(self._frozen_bns)
+    def _update_frozen_bn(self, pl_module: pl.LightningModule) -> None:
+        """Hold the still-frozen backbone's BatchNorm layers (none with ``train_bn``)."""
+        if not self.train_bn:
+            unfrozen = [block for _, block in self._blocks[: len(self.unfrozen_block_names)]]
+            self._frozen_bn.update(pl_module.backbone, unfrozen)
 
 
 def _compiled(pl_module: pl.LightningModule) -> bool:
@@ -499,37 +455,3 @@ def _compiled(pl_module: pl.LightningModule) -> bool:
 def _param_ids(optimizer: Optimizer) -> set[int]:
     """The ``id`` of every parameter in ``optimizer``'s param groups."""
     return {id(p) for group in optimizer.param_groups for p in group["params"]}
-
-
-def _normalise_schedule(schedule: Schedule) -> list[tuple[int, int | str | list[str]]]:
-    """Plain ``[(epoch, count | "all" | [names])]`` from YAML lists; checks what needs no model."""
-    steps: list[tuple[int, int | str | list[str]]] = []
-    for epoch, blocks in schedule:
-        if not isinstance(blocks, int | str):
-            blocks = [str(name) for name in blocks]
-        if isinstance(blocks, str):
-            valid = blocks == "all"
-        else:
-            valid = blocks >= 1 if isinstance(blocks, int) else bool(blocks)
-        if not valid:
-            raise ValueError(f"schedule step at epoch {epoch}: blocks must be a count >= 1, "
-                             f"'all' or a list of block names, got {blocks!r}")
-        if epoch < 0 or (steps and epoch <= steps[-1][0]):
-            raise ValueError(f"schedule epochs must be >= 0 and increasing, got {epoch} after "
-                             f"{[e for e, _ in steps]}")
-        steps.append((int(epoch), blocks))
-    return steps
-
-
-def _step_size(epoch: int, blocks: int | str | list[str], remaining: list[str]) -> int:
-    """How many of the ``remaining`` blocks (top-down) a schedule step unfreezes."""
-    if blocks == "all":
-        return len(remaining)
-    count = blocks if isinstance(blocks, int) else len(blocks)
-    if count > len(remaining):
-        raise ValueError(f"schedule step at epoch {epoch} unfreezes {count} blocks, only "
-                         f"{len(remaining)} remain: {remaining}")
-    if isinstance(blocks, list) and sorted(blocks) != sorted(remaining[:count]):
-        raise ValueError(f"schedule step at epoch {epoch} names {blocks}; the next blocks "
-                         f"top-down are {remaining[:count]}")
-    return count
