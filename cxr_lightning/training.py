@@ -46,6 +46,8 @@ from cxr_lightning.tracking import log_job_plots, log_job_summary, member_logger
 log = logging.getLogger(__name__)
 
 BN_CALIBRATION_BATCHES = 20
+UNFREEZE_REFERENCE = "unfreeze"
+"""A ``callbacks`` entry's ``unfreezing: unfreeze``: it gets the job's unfreezing callback."""
 REQUIRED_CALLBACKS: tuple[str, ...] = ("model_checkpoint", "epoch_timer", "stage_best")
 """``callbacks`` entries a job reads after training (conf/callbacks/default.yaml)."""
 
@@ -62,7 +64,8 @@ def build_classifier(cfg: DictConfig, member: Formulation) -> CXRClassifier:
 def build_callbacks(cfg: DictConfig, unfreezing: ProgressiveUnfreezing,
                     record: JobRecord, name: str) -> dict[str, pl.Callback]:
     """Every ``callbacks`` entry of the config, built with what only the job knows: the model's
-    checkpoint directory and the unfreezing callback the stage records follow."""
+    checkpoint directory and, where the entry says ``unfreezing: unfreeze``, the unfreezing
+    callback."""
     missing = [key for key in REQUIRED_CALLBACKS if cfg.callbacks.get(key) is None]
     if missing:
         raise UserError(f"callbacks.{missing[0]} is required (the job records what it "
@@ -70,10 +73,11 @@ def build_callbacks(cfg: DictConfig, unfreezing: ProgressiveUnfreezing,
     checkpoint_dir = record.checkpoint_dir(name)
     runtime = {
         "model_checkpoint": {"dirpath": str(checkpoint_dir)},
-        "stage_best": {"unfreezing": unfreezing,
-                       "dirpath": str(checkpoint_dir / "stages") if cfg.stage_metrics else None},
+        "stage_best": {"dirpath": str(checkpoint_dir / "stages") if cfg.stage_metrics else None},
     }
-    return {key: instantiate(conf, **runtime.get(key, {}))
+    return {key: instantiate(conf, **runtime.get(key, {}), **(
+                {"unfreezing": unfreezing} if conf.get("unfreezing") == UNFREEZE_REFERENCE
+                else {}))
             for key, conf in cfg.callbacks.items() if conf is not None}
 
 

@@ -458,8 +458,8 @@ def test_plateau_trigger_in_a_real_fit() -> None:
 @pytest.mark.parametrize("staged", [False, True])
 def test_early_stopping_waits_for_the_last_stage(staged: bool) -> None:
     unfreezing = ProgressiveUnfreezing(interval=1, max_blocks=2)  # stages begin at 0, 1, 2
-    stopping = (StagedEarlyStopping if staged else EarlyStopping)(
-        monitor="val/score", mode="max", patience=1)
+    stopping = (StagedEarlyStopping(unfreezing, monitor="val/score", mode="max", patience=1)
+                if staged else EarlyStopping(monitor="val/score", mode="max", patience=1))
     trainer = _fit_scripted([0.5] * 8, unfreezing, stopping)  # a flat metric
     # Plain EarlyStopping ends the run in stage 1; the staged one counts from stage 2 (epoch 2).
     assert stopping.stopped_epoch == (3 if staged else 1)
@@ -603,7 +603,7 @@ def test_settings_end_by_plateau_or_cap_and_the_last_one_ends_the_run() -> None:
                                        monitor="val/score", patience=1)
     # mode="min" on a rising score would stop the run one epoch into the last stage, were it not
     # left to the unfreezing callback's own rule
-    stopping = StagedEarlyStopping(monitor="val/score", mode="min", patience=1)
+    stopping = StagedEarlyStopping(unfreezing, monitor="val/score", mode="min", patience=1)
     # stage 0 plateaus at epoch 1 (1.0 twice); stage 1 improves every epoch and runs its 3
     # epochs (2-4); stage 2, the last, runs its 3 epochs (5-7) and ends the run.
     trainer = _fit_scripted([1.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0] + [9.0] * 12,
