@@ -79,7 +79,7 @@ class EpochTimer(pl.Callback):
             return
         elapsed = time.perf_counter() - self._started
         self.epoch_times_s.append(elapsed)
-        pl_module.log("train/epoch_time_s", elapsed, on_epoch=True)
+        pl_module.log("train/epoch_time_s", elapsed, on_epoch=True, sync_dist=True)
         record = self._current
         record["train_img_s"] = _rate(record["train_images"], record["train_s"])
         record["val_img_s"] = _rate(record["val_images"], record["val_s"])
@@ -90,7 +90,7 @@ class EpochTimer(pl.Callback):
         self.throughput.append(record)
         for key in ("train_img_s", "val_img_s", "data_wait_fraction"):
             if record[key] is not None:
-                pl_module.log(f"perf/{key}", float(record[key]), on_epoch=True)
+                pl_module.log(f"perf/{key}", float(record[key]), on_epoch=True, sync_dist=True)
 
     def state_dict(self) -> dict:
         return {"epoch_times_s": list(self.epoch_times_s),

@@ -86,13 +86,14 @@ class CXRClassifier(pl.LightningModule):
         # not on the progress bar: it would turn the loss into a Python number (a host-device
         # sync) at every refresh
         self.log("train/loss", loss, on_step=True, on_epoch=True,
-                 batch_size=len(batch["image"]))
+                 batch_size=len(batch["image"]), sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch["image"])
         loss = self.formulation.loss(logits, batch["labels"])
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]))
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]),
+                 sync_dist=True)
         probabilities = self.formulation.finding_probabilities(logits)
         labels = batch["labels"][:, self.formulation.finding_columns]
         for column, finding in enumerate(self.formulation.findings):

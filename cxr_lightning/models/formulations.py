@@ -48,7 +48,8 @@ class Formulation(ABC):
 
     @abstractmethod
     def finding_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """(N, len(self.findings)) probability of each of this model's findings."""
+        """(N, len(self.findings)) float32 probability of each of this model's findings, whatever
+        the logits' precision (bf16 would tie every probability above ~0.998 at 1.0)."""
 
     def fit_to_training_labels(self, labels: torch.Tensor) -> None:  # noqa: B027
         """Adapt to the training split's (N, 2) labels (class weights); default: nothing."""
@@ -63,8 +64,10 @@ def _masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean BCE-with-logits over the entries whose target is known (not NaN); 0 when none is.
 
     Masked by multiplication, not boolean indexing: no data-dependent shape, so nothing waits
-    for the device (see :mod:`tests.test_no_sync`).
+    for the device (see :mod:`tests.test_no_sync`). Computed in float32 whatever the logits'
+    precision.
     """
+    logits, targets = logits.float(), targets.float()
     known = ~torch.isnan(targets)
     losses = F.binary_cross_entropy_with_logits(logits, torch.where(known, targets, 0.0),
                                                 reduction="none")
@@ -90,7 +93,7 @@ class BinaryFormulation(Formulation):
         return _masked_bce(logits, labels[:, column : column + 1])
 
     def finding_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits)
+        return torch.sigmoid(logits.float())
 
 
 class MultilabelFormulation(Formulation):
@@ -107,7 +110,7 @@ class MultilabelFormulation(Formulation):
         return _masked_bce(logits, labels)
 
     def finding_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits)
+        return torch.sigmoid(logits.float())
 
 
 class MulticlassFormulation(Formulation):
@@ -138,6 +141,7 @@ class MulticlassFormulation(Formulation):
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Rows are left out by a zero weight, not by indexing (no host-device sync); a batch
         without an informative row has loss 0."""
+        logits = logits.float()  # loss and weights in float32 under any precision
         compatible = compatible_classes(labels)
         informative = (~compatible.all(dim=1)).to(logits.dtype)
         log_p = torch.log_softmax(logits, dim=1)
@@ -147,12 +151,12 @@ class MulticlassFormulation(Formulation):
         else:
             if self.class_weights.device != logits.device:  # moved once, not every step
                 self.class_weights = self.class_weights.to(logits.device)
-            weights = informative * ((compatible.to(logits.dtype) @ self.class_weights.to(
-                logits.dtype)) / compatible.sum(dim=1))
+            weights = informative * ((compatible.to(logits.dtype) @ self.class_weights)
+                                     / compatible.sum(dim=1))
         return (weights * nll).sum() / weights.sum().clamp(min=torch.finfo(weights.dtype).tiny)
 
     def finding_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return marginal_probabilities(torch.softmax(logits, dim=1))
+        return marginal_probabilities(torch.softmax(logits.float(), dim=1))
 
 
 def compatible_classes(labels: torch.Tensor) -> torch.Tensor:
