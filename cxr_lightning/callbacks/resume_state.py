@@ -16,12 +16,15 @@ loader's own checkpointed state.
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def rng_states() -> dict[str, Any]:
@@ -46,14 +49,24 @@ def set_rng_states(states: dict[str, Any]) -> None:
                          numpy["position"], numpy["has_gauss"], numpy["gauss"]))
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        visible = torch.cuda.device_count()
+        if visible != len(states["cuda"]):
+            log.warning("The checkpoint holds the random states of %d CUDA devices, %d are "
+                        "visible: the first %d are restored, so the resumed run's random draws "
+                        "on the GPU differ from the original's", len(states["cuda"]), visible,
+                        min(visible, len(states["cuda"])))
+        for device, state in enumerate(states["cuda"][:visible]):
+            torch.cuda.set_rng_state(state, device)
 
 
 class ResumeState(pl.Callback):
     """Saves the global generators' states and the modules' training modes with every
     checkpoint; a run resumed from one gets them back at ``on_train_start``, the last hook before
     its first training batch (whatever setup did in between is overridden). Under DDP the
-    checkpoint holds rank zero's generators, which every rank gets back.
+    checkpoint holds rank zero's generators, which every rank gets back: gathering every rank's
+    would put a collective inside checkpointing. Nothing in training draws from them per rank
+    (the sampler, augmentation and dropout-free ResNets), so a resumed DDP run differs from an
+    uninterrupted one only in what a model draws from the global generators on ranks above zero.
 
     The modes are those of the last training batch: at an epoch-end checkpoint the model is in
     eval mode for validation, and Lightning puts those modes back after it.
