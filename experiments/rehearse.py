@@ -64,7 +64,7 @@ def run_study(out: Path, root: Path, device: str, formulations: str,
     command = [sys.executable, "-m", "cxr_lightning.train", "-m",
                f"formulation={formulations}", f"data.root={root}",
                f"paths.root_dir={out}", "model.weights=none", "unfreeze.interval=1",
-               "logger=csv", "+evaluation.n_bootstrap=200", *extra]
+               "logger=csv", "evaluation.n_bootstrap=200", *extra]
     if device == "cpu" and torch.cuda.is_available():
         command += ["trainer.accelerator=cpu", "trainer.precision=32-true"]
     log.info("Running: %s", " ".join(command))
@@ -141,6 +141,9 @@ def main() -> None:
     parser.add_argument("--fullsize-dicoms", type=int, default=12)
     parser.add_argument("--cache-workers", type=int, default=4, help="data.cache_workers")
     parser.add_argument("--keep", action="store_true", help="keep --out afterwards")
+    parser.add_argument("--overrides", nargs="*", default=[],
+                        help="more cxr-train overrides, e.g. model=resnet18 data.image_size=64 "
+                             "(the test's smoke form)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     device = args.device if args.device != "auto" else (
@@ -148,6 +151,7 @@ def main() -> None:
     subjects = args.subjects or (200 if device == "cuda" else 60)
     formulations = args.formulations or (ALL_FORMULATIONS if device == "cuda" else "multiclass")
     extra = CPU_OVERRIDES if device == "cpu" else [f"data.cache_workers={args.cache_workers}"]
+    extra = [*extra, *args.overrides]
     cache_workers = 2 if device == "cpu" else args.cache_workers
     out = args.out or Path(tempfile.mkdtemp(prefix="cxr-rehearsal-"))
     started = time.perf_counter()
@@ -166,7 +170,7 @@ def main() -> None:
                "rehearsal_s": time.perf_counter() - started, "study_cli_s": study_s,
                "projection": project(summary, cache_img_s),
                "overrides": ["model.weights=none", "unfreeze.interval=1",
-                             *(extra if device == "cpu" else [])]}
+                             *(extra if device == "cpu" else args.overrides)]}
     log.info("Projected full study (%d images, %d models, <= 40 epochs each): %.2f h "
              "(cache %.2f h), cache %.1f GB, outputs %.1f GB", STUDY_IMAGES, MODELS,
              figures["projection"]["total_h_worst_case"], figures["projection"]["cache_build_h"],
