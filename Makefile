@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: sync install train test test-fast lint format clean bench-data bench-unfreeze bench-gpu report bench-eval bench-predict sweep exp1 exp2 exp1-table1 rehearse
+.PHONY: sync install train test test-fast lint format clean bench-data bench-unfreeze bench-gpu report bench-eval bench-predict sweep exp1 exp2 exp1-table1 rehearse gpu-check
 
 install: $(STAMP)
 
@@ -49,6 +49,12 @@ test-fast: install
 ## ~5 min on a GPU; reduced on a CPU (multiclass only, a few batches).
 rehearse: install
 	$(BIN)/python experiments/rehearse.py $(BENCH_ARGS)
+
+## Every CUDA-only branch in one go: gpu-marked tests, bf16 per formulation, Inductor over four
+## settings, fused AdamW, heatmaps on CUDA, a resume, DDP when two GPUs are visible. One JSON
+## verdict line, exit 1 on a failure; ~5 min on one GPU. On a CPU: "needs a GPU", exit 0.
+gpu-check: install
+	$(BIN)/python experiments/gpu_check.py $(BENCH_ARGS)
 
 ## Data-path throughput (DICOM -> 512 cache per core, cache -> batches per worker); < 2 min.
 bench-data: install

@@ -4,9 +4,20 @@ radiographs of ``../shared/data`` where they exist."""
 from pathlib import Path
 
 import pytest
+import torch
 
 from cxr_lightning.data.sample import generate_sample
 from tests.helpers.samples import SHARED_DATA, cli_data_dir
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` skip where CUDA is not available (``make gpu-check`` runs them)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
