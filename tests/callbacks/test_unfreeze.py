@@ -661,6 +661,37 @@ def test_restore_best_starts_each_setting_from_the_previous_best(restore_best: b
     assert torch.equal(probe.start[3]["layer4.1"], probe.end[0]["layer4.1"])
 
 
+class MomentumProbe(pl.Callback):
+    """The head weight's SGD momentum buffer at the start and end of every epoch."""
+
+    def __init__(self) -> None:
+        self.start: list[torch.Tensor] = []
+        self.end: list[torch.Tensor] = []
+
+    def _buffer(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
+        state = trainer.optimizers[0].state[pl_module.head.weight]
+        return state["momentum_buffer"].clone()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch > 0:
+            self.start.append(self._buffer(trainer, pl_module))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.end.append(self._buffer(trainer, pl_module))
+
+
+def test_restore_best_rolls_back_weights_not_the_optimizer_state() -> None:
+    """The documented choice (docs/design.md): the optimizer's moments (and step counts) and the
+    scheduler go on from where the plateau left them; only the weights are rolled back."""
+    unfreezing = ProgressiveUnfreezing(interval=10, until="layer4.0", monitor="val/score",
+                                       patience=2, restore_best=True)
+    probe = MomentumProbe()
+    _fit_scripted([3.0, 1.0, 1.0, 2.0], unfreezing, probe)  # stage 1 from epoch 3, best epoch 0
+    assert [entry["epoch"] for entry in unfreezing.history] == [0, 3]
+    assert torch.equal(probe.start[2], probe.end[2])  # epoch 3 starts with epoch 2's moments
+    assert not torch.equal(probe.start[2], probe.end[0])  # not those of the restored epoch 0
+
+
 def test_restore_best_keeps_only_what_the_stage_trains_and_checkpoints_it() -> None:
     unfreezing = ProgressiveUnfreezing(interval=10, until="layer4.0", monitor="val/score",
                                        patience=5, restore_best=True)
