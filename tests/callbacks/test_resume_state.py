@@ -11,8 +11,15 @@ def test_fewer_visible_gpus_restore_the_ones_there_with_a_warning(monkeypatch, c
     restored = {}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "set_rng_state",
-                        lambda state, device: restored.__setitem__(device, state))
+
+    def set_rng_state(state: torch.Tensor, device: int) -> None:
+        if device >= torch.cuda.device_count():
+            raise IndexError(f"CUDA device {device} is not visible")
+        restored[device] = state
+
+    # torch.cuda.set_rng_state_all calls the one in torch.cuda.random
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    monkeypatch.setattr(torch.cuda.random, "set_rng_state", set_rng_state)
     states = {**rng_states(), "cuda": [torch.full((8,), 1, dtype=torch.uint8),
                                        torch.full((8,), 2, dtype=torch.uint8)]}
     with caplog.at_level(logging.WARNING):
