@@ -98,8 +98,9 @@ def _run(command: list[str], env: dict[str, str] | None = None) -> None:
 
 
 def _train(out: Path, *overrides: str, prefix: list[str] | None = None) -> None:
+    """A training run under ``out`` (one check's folder), on the sample every check shares."""
     _run([*(prefix or [sys.executable, "-m", "cxr_lightning.train"]), *COMMON,
-          f"paths.root_dir={out}", f"paths.data_dir={out / 'data'}", *overrides])
+          f"paths.root_dir={out}", f"paths.data_dir={out.parent / 'data'}", *overrides])
 
 
 def gpu_tests() -> dict[str, Any]:
