@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--cache-workers", type=int, default=4, help="data.cache_workers")
     parser.add_argument("--keep", action="store_true", help="keep --out afterwards")
     parser.add_argument("--overrides", nargs="*", default=[],
-                        help="more cxr-train overrides, e.g. model=resnet18 data.image_size=64 "
+                        help="more cxr-train overrides, e.g. model=resnet50 data.image_size=64 "
                              "(the test's smoke form)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
