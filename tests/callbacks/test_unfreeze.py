@@ -177,6 +177,38 @@ def test_an_unfrozen_block_s_batchnorm_trains_without_help() -> None:
     assert not torch.equal(module.backbone.layer4[1].bn1.running_mean, running_mean)
 
 
+class SyncBatchNormAfterSetup(pl.Callback):
+    """Converts BatchNorm to SyncBatchNorm after the unfreezing callback's ``setup``, as
+    ``trainer=ddp``'s ``sync_batchnorm`` does (the strategy's setup runs after the callbacks');
+    records the stem's live BatchNorm mode at every training step."""
+
+    def __init__(self) -> None:
+        self.stem_bn_training: list[tuple[int, bool]] = []
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        nn.SyncBatchNorm.convert_sync_batchnorm(pl_module)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        bn = pl_module.backbone.bn1
+        assert isinstance(bn, nn.SyncBatchNorm)
+        self.stem_bn_training.append((trainer.current_epoch, bn.training))
+
+
+def test_batchnorm_swapped_after_setup_is_the_one_unfrozen() -> None:
+    """The stem is a container of the trunk's conv1 and bn1 built when the blocks are resolved;
+    resolved before the swap, it held the old bn1 and the live one stayed frozen in eval mode
+    while its affine parameters trained."""
+    module = TinyModule()
+    swap = SyncBatchNormAfterSetup()
+    trainer = pl.Trainer(
+        accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
+        num_sanity_val_steps=0,
+        callbacks=[ProgressiveUnfreezing(interval=None, schedule=[[1, "all"]]), swap])
+    trainer.fit(module, _loader(), _loader())
+    assert swap.stem_bn_training == [(0, False), (0, False), (1, True), (1, True)]
+
+
 def test_train_bn_lets_frozen_bn_statistics_train() -> None:
     module = TinyModule()
     before = _clone_state(module)
