@@ -1,6 +1,10 @@
 """JobRecord: one owner of a job directory's files and one rule for "complete"."""
 
+import errno
 import json
+import logging
+import subprocess
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -61,3 +65,60 @@ def test_sweep_jobs_are_the_finished_ones_in_hydra_job_order(tmp_path):
     (tmp_path / "1_multilabel" / "failed.json").write_text("{}")
     assert [job.name for job in sweep_jobs(tmp_path)] == [
         "1_multilabel", "2_multiclass", "10_binary"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MB tmpfs where one can be mounted (as root, in a container that allows it), else
+    ``None``."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        yield None
+        return
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(directory: Path) -> None:
+    """Write into ``directory`` until its file system is full."""
+    with (directory / "filler").open("wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"x" * 65536)
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+
+
+def test_a_full_disk_still_leaves_a_readable_failure_record(tmp_path, small_disk, monkeypatch):
+    """On a full tmpfs where the test may mount one; else the full disk is simulated: every
+    new write fails as it would."""
+    directory = small_disk or tmp_path
+    record = JobRecord(directory)
+    record.start(OmegaConf.create({"seed": 1}))
+    if small_disk is not None:
+        _fill(directory)
+    else:
+        def full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(Path, "write_text", full)
+        monkeypatch.setattr(Path, "write_bytes", full)
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError as error:
+        record.record_failure(["seed=1"], error)
+    assert record.read_failure()["error"] == "OSError: [Errno 28] No space left on device"
+    assert record.read_failure()["overrides"] == ["seed=1"]
+
+
+@pytest.mark.parametrize("content", ["", '{"overrides": ["seed=1"], "err'])
+def test_an_empty_or_broken_failure_record_is_read_as_such(tmp_path, caplog, content):
+    record = JobRecord(tmp_path)
+    record.failed_path.write_text(content)
+    with caplog.at_level(logging.WARNING):
+        failure = record.read_failure()
+    assert failure["error"].startswith("unknown: failed.json is empty or broken")
+    assert f"{record.failed_path} is empty or broken" in caplog.text
