@@ -57,6 +57,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -365,13 +366,13 @@ def open_image_cache(location: str | Path, spec: CacheSpec,
         return _open(str(location).rstrip("/"), spec, str(local_copies))
     directory = Path(location)
     _check_spec(directory, {"spec": spec.record()})
-    for k in range(json.loads((directory / "spec.json").read_text())["n_shards"]):
-        problem = _shard_problem(directory, k)
-        if problem is not None:
-            raise CacheIntegrityError(
-                f"image cache {directory}: {_shard_path(directory, k).name} is damaged "
-                f"({problem}): build the cache again (cxr-cache, or a training run on its "
-                "source), which rebuilds the damaged shards")
+    problems = _shard_problems(directory)
+    if problems:
+        k, problem = next(iter(problems.items()))
+        raise CacheIntegrityError(
+            f"image cache {directory}: {_shard_path(directory, k).name} is damaged "
+            f"({problem}): build the cache again (cxr-cache, or a training run on its "
+            "source), which rebuilds the damaged shards")
     return _open(directory, spec)
 
 
@@ -525,21 +526,24 @@ def _shard_problem(directory: Path, shard: int) -> str | None:
     return None
 
 
-def _damaged_shards(directory: Path, shards: Iterable[int] | None = None) -> list[int]:
-    """The built shards (of ``shards``, default all) that fail :func:`_shard_problem`; a
-    warning names each."""
+def _shard_problems(directory: Path, shards: Iterable[int] | None = None) -> dict[int, str]:
+    """``{shard: problem}`` of the built shards (of ``shards``, default all) that fail
+    :func:`_shard_problem`, checked on several cores at once (hashlib releases the GIL)."""
     if shards is None:
         shards = range(json.loads((directory / "spec.json").read_text())["n_shards"])
-    damaged = []
-    for k in shards:
-        if not _shard_path(directory, k).is_file():
-            continue
-        problem = _shard_problem(directory, k)
-        if problem is not None:
-            damaged.append(k)
-            log.warning("Image cache %s: %s is damaged (%s); it is rebuilt", directory,
-                        _shard_path(directory, k).name, problem)
-    return damaged
+    built = [k for k in shards if _shard_path(directory, k).is_file()]
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        problems = pool.map(lambda k: _shard_problem(directory, k), built)
+        return {k: problem for k, problem in zip(built, problems, strict=True) if problem}
+
+
+def _damaged_shards(directory: Path, shards: Iterable[int] | None = None) -> list[int]:
+    """The shards :func:`_shard_problems` finds, each named in a warning."""
+    problems = _shard_problems(directory, shards)
+    for k, problem in problems.items():
+        log.warning("Image cache %s: %s is damaged (%s); it is rebuilt", directory,
+                    _shard_path(directory, k).name, problem)
+    return list(problems)
 
 
 def _shards_with_failures(directory: Path, shards: Iterable[int]) -> list[int]:
@@ -578,7 +582,11 @@ def _check_spec(directory: str | Path, expected: dict) -> dict:
     path = _member(directory, "spec.json")
     if not _exists(path):
         raise FileNotFoundError(f"{directory} is not an image cache (no spec.json)")
-    stored = json.loads(_read_text(path))
+    try:
+        stored = json.loads(_read_text(path))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CacheIntegrityError(f"{path} is damaged ({error}): delete {directory} and build "
+                                  "the cache again") from error
     differing = {key for key in expected if stored.get(key) != expected[key]}
     if differing:
         raise CacheSpecMismatchError(
