@@ -3,7 +3,6 @@
 import errno
 import json
 import logging
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,8 @@ from cxr_lightning.job_record import (
     JobRecord,
     sweep_jobs,
 )
+from tests.helpers.disk import fill
+from tests.helpers.disk import small_disk as small_disk_at
 
 COMPLETE = {"formulation": "binary", "metrics": {}, "members": [], "predictions": []}
 
@@ -69,28 +70,8 @@ def test_sweep_jobs_are_the_finished_ones_in_hydra_job_order(tmp_path):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 1 MB tmpfs where one can be mounted (as root, in a container that allows it), else
-    ``None``."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
-        yield None
-        return
-    try:
+    with small_disk_at(tmp_path / "disk") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _fill(directory: Path) -> None:
-    """Write into ``directory`` until its file system is full."""
-    with (directory / "filler").open("wb", buffering=0) as handle:
-        try:
-            while True:
-                handle.write(b"x" * 65536)
-        except OSError as error:
-            assert error.errno == errno.ENOSPC
 
 
 def test_a_full_disk_still_leaves_a_readable_failure_record(tmp_path, small_disk, monkeypatch):
@@ -100,7 +81,7 @@ def test_a_full_disk_still_leaves_a_readable_failure_record(tmp_path, small_disk
     record = JobRecord(directory)
     record.start(OmegaConf.create({"seed": 1}))
     if small_disk is not None:
-        _fill(directory)
+        fill(directory)
     else:
         def full(*args, **kwargs):
             raise OSError(errno.ENOSPC, "No space left on device")
