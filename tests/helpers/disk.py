@@ -32,3 +32,25 @@ def fill(directory: Path) -> None:
                 handle.write(b"x" * 65536)
         except OSError as error:
             assert error.errno == errno.ENOSPC
+
+
+def make_full(disk: Path | None, monkeypatch) -> None:
+    """Fill ``disk`` (a :func:`small_disk`), or where none could be mounted make every new
+    write through ``Path.write_text``/``write_bytes`` fail as on a full disk."""
+    if disk is not None:
+        fill(disk)
+        return
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    monkeypatch.setattr(Path, "write_bytes", full)
+
+
+def failing_on_a_full_disk() -> OSError:
+    """The error a job that ran out of disk space fails with, raised (it has a traceback)."""
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError as error:
+        return error

@@ -1,9 +1,7 @@
 """JobRecord: one owner of a job directory's files and one rule for "complete"."""
 
-import errno
 import json
 import logging
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -13,7 +11,7 @@ from cxr_lightning.job_record import (
     JobRecord,
     sweep_jobs,
 )
-from tests.helpers.disk import fill
+from tests.helpers.disk import failing_on_a_full_disk, make_full
 from tests.helpers.disk import small_disk as small_disk_at
 
 COMPLETE = {"formulation": "binary", "metrics": {}, "members": [], "predictions": []}
@@ -80,17 +78,8 @@ def test_a_full_disk_still_leaves_a_readable_failure_record(tmp_path, small_disk
     directory = small_disk or tmp_path
     record = JobRecord(directory)
     record.start(OmegaConf.create({"seed": 1}))
-    if small_disk is not None:
-        fill(directory)
-    else:
-        def full(*args, **kwargs):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        monkeypatch.setattr(Path, "write_text", full)
-        monkeypatch.setattr(Path, "write_bytes", full)
-    try:
-        raise OSError(errno.ENOSPC, "No space left on device")
-    except OSError as error:
-        record.record_failure(["seed=1"], error)
+    make_full(small_disk, monkeypatch)
+    record.record_failure(["seed=1"], failing_on_a_full_disk())
     assert record.read_failure()["error"] == "OSError: [Errno 28] No space left on device"
     assert record.read_failure()["overrides"] == ["seed=1"]
 

@@ -1,15 +1,13 @@
 """The end of a multirun when the disk is full: every job's outcome is still reported."""
 
-import errno
 import logging
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from cxr_lightning.job_record import JobRecord
 from cxr_lightning.sweep import ComparisonTable
-from tests.helpers.disk import fill, small_disk
+from tests.helpers.disk import failing_on_a_full_disk, fill, make_full, small_disk
 
 COMPLETE = {"formulation": "multilabel", "overrides": ["seed=1"], "metrics": {},
             "members": [], "predictions": []}
@@ -27,17 +25,8 @@ def test_a_full_disk_at_the_end_of_a_sweep_still_names_its_failed_jobs(tmp_path,
         jobs[0].write_results(COMPLETE)
         jobs[1].start(OmegaConf.create({"seed": 2}))
         jobs[2].failed_path.write_text("")
-        if disk is not None:
-            fill(disk)
-        else:
-            def full(*args, **kwargs):
-                raise OSError(errno.ENOSPC, "No space left on device")
-            monkeypatch.setattr(Path, "write_text", full)
-            monkeypatch.setattr(Path, "write_bytes", full)
-        try:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        except OSError as error:
-            jobs[1].record_failure(["seed=2"], error)
+        make_full(disk, monkeypatch)
+        jobs[1].record_failure(["seed=2"], failing_on_a_full_disk())
         if disk is not None:
             fill(disk)  # again: failed.json gave back the rest of its reservation
         config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
