@@ -56,9 +56,13 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def verify_zip(path: str | Path, fix: str) -> None:
+def verify_zip(path: str | Path, fix: str, *, required: bool = True) -> None:
     """Check every member of a zip archive (a ``torch.save`` file) against the CRC-32 recorded
-    when it was written; :class:`CorruptFileError` naming the file and ``fix`` otherwise."""
+    when it was written; :class:`CorruptFileError` naming the file and ``fix`` otherwise.
+    ``required=False``: a file that is no complete zip archive (another format, or truncated)
+    is left to its reader to refuse."""
+    if not required and not zipfile.is_zipfile(path):
+        return
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()

@@ -21,8 +21,9 @@ The file is ``torch.save`` of plain values and tensors only, so it loads with
     config            the job's resolved Hydra config, or null
 
 ``torch.save`` writes a zip archive whose members carry CRC-32 checksums; :func:`load_model`
-checks them before loading (``torch.load`` does not), so a damaged or truncated file is refused
-with :class:`~cxr_lightning.errors.CorruptFileError`, never used.
+checks them before loading (``torch.load`` does not), so a damaged file is refused with
+:class:`~cxr_lightning.errors.CorruptFileError`, never used (a truncated one is no zip archive:
+``torch.load`` refuses it, :class:`ModelMismatchError`).
 
 :func:`load_model` also reads a Lightning ``.ckpt`` written by :class:`CXRClassifier` (it
 carries the same description under ``"cxr_lightning"``) when that one model is the whole
@@ -266,7 +267,7 @@ def _load_plain(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise MissingFileError(f"ckpt={path}: no such file")
     verify_zip(path, "it cannot be used; copy it again from where it was written, or re-run "
-                     "the job that wrote it")
+                     "the job that wrote it", required=False)
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle refusals, truncation, not a torch file: many types

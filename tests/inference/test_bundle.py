@@ -115,8 +115,8 @@ def test_a_flipped_bit_in_model_pt_is_refused(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptFileError, match=f"{path} is damaged: its member .* checksum"):
         load_model(path)
-    path.write_bytes(bytes(data[:len(data) // 2]))
-    with pytest.raises(CorruptFileError, match=f"{path} is damaged or truncated"):
+    path.write_bytes(bytes(data[:len(data) // 2]))  # no longer a zip: torch.load refuses it
+    with pytest.raises(ModelMismatchError, match=f"{path}: cannot load with torch.load"):
         load_model(path)
 
 
