@@ -231,12 +231,12 @@ def build_image_cache(
     root = _resolved(source_root)
     if (directory / COMPLETE_MARKER).is_file():
         _check_spec(directory, {"spec": spec.record(), "source_root": root})
-        if not _stale_shards(directory, root):
-            damaged = _damaged_shards(directory)
-            if not damaged:
-                log.info("Using the image cache %s", directory)
-                return _open(directory, spec)
+        damaged = _damaged_shards(directory)  # first: a damaged index defeats the stale check
+        if damaged:
             _invalidate(directory, damaged, "damaged")
+        elif not _stale_shards(directory, root):
+            log.info("Using the image cache %s", directory)
+            return _open(directory, spec)
     else:
         covering = _covering_cache(manifest, directory, spec, root)
         if covering is not None:
@@ -314,8 +314,8 @@ def build_shards(
             write_atomic(directory / "spec.json", json.dumps(stored, indent=2, sort_keys=True))
     n_shards = stored["n_shards"]
     mine = range(index, n_shards, of)
-    _invalidate(directory, _stale_shards(directory, root, mine), "files changed since built")
     _invalidate(directory, _damaged_shards(directory, mine), "damaged")
+    _invalidate(directory, _stale_shards(directory, root, mine), "files changed since built")
     if retry_failures:
         _invalidate(directory, _shards_with_failures(directory, mine), "--retry-failures")
     todo = [k for k in mine if not _shard_path(directory, k).is_file()]
@@ -505,7 +505,10 @@ def _shard_problem(directory: Path, shard: int) -> str | None:
     rows, size = _rows_in_shard(record, shard), record["spec"]["image_size"]
     files = {_shard_path(directory, shard, suffix).name: _shard_path(directory, shard, suffix)
              for suffix in _SHARD_FILES}
-    listed = len(pd.read_csv(files[f"shard-{shard:05d}.index.csv"]))
+    try:
+        listed = len(pd.read_csv(files[f"shard-{shard:05d}.index.csv"]))
+    except (OSError, ValueError) as error:  # missing, empty or not a CSV
+        return f"its index cannot be read ({error})"
     if listed != rows:
         return f"its index lists {listed} rows, the shard holds {rows}"
     try:
