@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: sync install train test test-fast lint format clean bench-data bench-unfreeze bench-gpu report bench-eval bench-predict sweep exp1 exp2 exp1-table1 rehearse gpu-check
+.PHONY: sync install train test test-fast lint format clean bench-data bench-cache-check bench-unfreeze bench-gpu report bench-eval bench-predict sweep exp1 exp2 exp1-table1 rehearse gpu-check
 
 install: $(STAMP)
 
@@ -59,6 +59,10 @@ gpu-check: install
 ## Data-path throughput (DICOM -> 512 cache per core, cache -> batches per worker); < 2 min.
 bench-data: install
 	$(BIN)/python experiments/bench_data.py
+
+## Cost of the cache's integrity check when a job opens it (4 shards at 512 px)
+bench-cache-check: install
+	$(BIN)/python experiments/bench_cache_check.py $(BENCH_ARGS)
 
 ## Train-step time per unfreezing stage vs Lightning's naive freeze (resnet50@224, batch 16;
 ## BENCH_ARGS="--device cuda --bf16 ..." overrides), ~3 min on 2 idle cores.

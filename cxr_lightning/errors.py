@@ -54,3 +54,11 @@ class MissingFileError(UserError, FileNotFoundError):
 
 class ModelMismatchError(BadValueError):
     """A saved model is not what was asked for, or cannot be rebuilt by this code."""
+
+
+class CorruptFileError(BadValueError):
+    """A file fails its integrity check (a checksum or a count recorded when it was written)."""
+
+
+class BusyError(UserError):
+    """A directory is being written by another process (its lock is held)."""

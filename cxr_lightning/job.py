@@ -1,7 +1,8 @@
 """One job of ``cxr-train``: resume, training, the failure record, user errors.
 
 :func:`run_job` is what each Hydra job runs (:mod:`cxr_lightning.train` is the entry point):
-it skips a complete job under ``resume=true``, records the resolved config, trains and tests
+it skips a complete job under ``resume=true`` (and refuses one with nothing to resume),
+records the resolved config, trains and tests
 every model of the formulation (:mod:`cxr_lightning.training`), and on failure writes
 ``failed.json`` (a sweep goes on) or, for a user error, one line and exit status 2 with no job
 directory left behind.
@@ -21,7 +22,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from cxr_lightning.errors import EXIT_USER_ERROR, UserError, debugging
-from cxr_lightning.job_record import JobRecord
+from cxr_lightning.job_record import CONFIG_FILE, LOCK_FILE, JobRecord
 from cxr_lightning.tracking import finish_tracking
 from cxr_lightning.training import check_weights, train_job
 
@@ -62,9 +63,11 @@ def run_job(cfg: DictConfig) -> float:
                              "the same arguments or in a new directory")
         log.info("resume=true: %s is complete (results.json); skipping it", record.directory)
         return optimized_value(cfg, done)
-    if rank_zero_only.rank == 0:
-        record.start(cfg)
     try:
+        if cfg.resume and not record.has_started_before():
+            check_something_to_resume(record)
+        if rank_zero_only.rank == 0:
+            record.start(cfg)
         check_weights(cfg)
         results = train_job(cfg, record, overrides)
     except UserError as error:  # every job of the launch would fail alike: it ends here
@@ -91,6 +94,23 @@ def run_job(cfg: DictConfig) -> float:
     return optimized_value(cfg, results)
 
 
+def check_something_to_resume(record: JobRecord) -> None:
+    """``resume=true`` for a job that never started here. In a sweep directory holding other
+    jobs' attempts it starts from the beginning, with a warning naming its directory (the
+    sweep was stopped before it); anywhere else there is nothing to resume (a new directory,
+    most likely a forgotten ``hydra.run.dir``/``hydra.sweep.dir``): a :class:`UserError`."""
+    others = [d for d in record.directory.parent.iterdir()
+              if d.is_dir() and d != record.directory and JobRecord(d).has_started_before()]
+    if HydraConfig.get().mode == RunMode.MULTIRUN and others:
+        log.warning("resume=true: %s holds no earlier attempt of this job; it starts from the "
+                    "beginning", record.directory)
+        return
+    option = "hydra.sweep.dir" if HydraConfig.get().mode == RunMode.MULTIRUN else "hydra.run.dir"
+    raise UserError(f"resume=true: nothing to resume in {record.directory} (no {CONFIG_FILE}, "
+                    f"checkpoints or results of an earlier attempt): pass the directory to "
+                    f"resume, {option}=<it>, or drop resume=true")
+
+
 def remove_litter(record: JobRecord) -> None:
     """Delete a job directory that holds nothing but what its start wrote (and, in a multirun,
     a sweep directory left empty by that): a launch refused for a user error leaves no trace."""
@@ -99,5 +119,5 @@ def remove_litter(record: JobRecord) -> None:
     record.remove()
     sweep_dir = record.directory.parent
     if (HydraConfig.get().mode == RunMode.MULTIRUN
-            and {p.name for p in sweep_dir.iterdir()} <= {"multirun.yaml"}):
+            and {p.name for p in sweep_dir.iterdir()} <= {"multirun.yaml", LOCK_FILE}):
         shutil.rmtree(sweep_dir)

@@ -4,11 +4,19 @@ One owner for the files a job leaves, read by training (resume), the multirun's 
 table (:mod:`cxr_lightning.sweep`) and the report, with one rule for "complete": results.json
 exists, is valid JSON and holds :data:`REQUIRED_KEYS`. It is written atomically and last, so
 its presence means the job completed.
+
+A full disk cannot leave an empty failure record: the job's start reserves
+:data:`FAILURE_RESERVE_BYTES` (``failed.json.reserved``), a failure is written into that
+reservation (already allocated: no new blocks needed on ext4, xfs or tmpfs; a copy-on-write file
+system such as btrfs or ZFS may still refuse) and renamed to failed.json, and results.json
+removes it. A reader of a failed.json that is empty or broken says so and goes on.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 import shutil
 import traceback
@@ -19,6 +27,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from cxr_lightning.integrity import write_atomic
+
+log = logging.getLogger(__name__)
+
 RESULTS_FILE = "results.json"
 FAILED_FILE = "failed.json"
 CONFIG_FILE = "config_resolved.yaml"
@@ -26,8 +38,15 @@ MODEL_FILE = "model.pt"
 MANIFEST_FILE = "manifest.csv"
 COHORT_FILE = "cohort.csv"
 CHECKPOINTS_DIR = "checkpoints"
-START_FILES: frozenset[str] = frozenset({".hydra", CONFIG_FILE, "train.log", "wandb"})
-"""What a job directory holds before its job starts (Hydra's record, the log, the config)."""
+RESERVED_FILE = FAILED_FILE + ".reserved"
+FAILURE_RESERVE_BYTES = 64 * 1024
+"""Room kept for failed.json from a job's start on (its traceback is cut to fit)."""
+LOCK_FILE = ".lock"
+"""A run or sweep directory's lock (:class:`cxr_lightning.sweep.DirectoryLock`)."""
+START_FILES: frozenset[str] = frozenset({".hydra", CONFIG_FILE, "train.log", "wandb",
+                                         RESERVED_FILE, LOCK_FILE})
+"""What a job directory holds before its job starts (Hydra's record, the log, the config, the
+failure record's reservation, the lock)."""
 REQUIRED_KEYS: tuple[str, ...] = ("formulation", "metrics", "members", "predictions")
 
 
@@ -62,9 +81,19 @@ class JobRecord:
         """Where one model of the job keeps its checkpoints."""
         return self.directory / CHECKPOINTS_DIR / model_name
 
+    @property
+    def reserved_path(self) -> Path:
+        return self.directory / RESERVED_FILE
+
+    def has_started_before(self) -> bool:
+        """Whether an earlier attempt of this job started here (it recorded its config)."""
+        return (self.directory / CONFIG_FILE).is_file()
+
     def start(self, cfg: DictConfig) -> None:
-        """Record the resolved config and clear a previous attempt's failure record."""
-        (self.directory / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        """Reserve room for a failure record, record the resolved config and clear a previous
+        attempt's failure record."""
+        write_atomic(self.reserved_path, b" " * FAILURE_RESERVE_BYTES)
+        write_atomic(self.directory / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
         self.failed_path.unlink(missing_ok=True)
 
     def write_results(self, results: dict[str, Any]) -> Path:
@@ -72,9 +101,8 @@ class JobRecord:
         missing = [key for key in REQUIRED_KEYS if key not in results]
         if missing:
             raise ValueError(f"results lack {missing}: refusing to mark {self.directory} complete")
-        partial = self.results_path.with_suffix(".json.partial")
-        partial.write_text(json.dumps(results, indent=2))
-        partial.replace(self.results_path)
+        write_atomic(self.results_path, json.dumps(results, indent=2))
+        self.reserved_path.unlink(missing_ok=True)
         return self.results_path
 
     def read_results(self) -> dict[str, Any] | None:
@@ -96,14 +124,47 @@ class JobRecord:
         return results
 
     def record_failure(self, overrides: Sequence[str], error: BaseException) -> None:
-        """failed.json: the job's overrides, the error and the traceback being handled."""
-        self.failed_path.write_text(json.dumps({
-            "overrides": list(overrides), "error": f"{type(error).__name__}: {error}",
-            "traceback": traceback.format_exc()}, indent=2))
+        """failed.json: the job's overrides, the error and the traceback being handled, written
+        into the room reserved at the start (so a full disk cannot leave it empty) and renamed
+        into place. If even that fails, the error is logged and the job goes on failing."""
+        record = {"overrides": list(overrides), "error": f"{type(error).__name__}: {error}",
+                  "traceback": traceback.format_exc()}
+        data = json.dumps(record, indent=2).encode()
+        if len(data) > FAILURE_RESERVE_BYTES:  # keep the traceback's end, where the error is
+            record["traceback"] = "..." + record["traceback"][-FAILURE_RESERVE_BYTES // 2:]
+            record["error"] = record["error"][:FAILURE_RESERVE_BYTES // 4]
+            data = json.dumps(record, indent=2).encode()
+        try:
+            if self.reserved_path.is_file():
+                with self.reserved_path.open("r+b") as handle:
+                    handle.write(data)
+                    handle.truncate(len(data))
+                os.replace(self.reserved_path, self.failed_path)
+            else:
+                write_atomic(self.failed_path, data)
+        except OSError as write_error:
+            log.error("Could not record the failure of %s in %s (%s); the job failed with %s",
+                      self.directory, self.failed_path, write_error, record["error"])
 
     def read_failure(self) -> dict[str, Any] | None:
-        """failed.json's content, or ``None`` when the job recorded no failure."""
-        return json.loads(self.failed_path.read_text()) if self.failed_path.is_file() else None
+        """failed.json's content, or ``None`` when the job recorded no failure. An empty or
+        broken record (written by an older version on a full disk) is reported as such, with a
+        warning naming it."""
+        if not self.failed_path.is_file():
+            return None
+        try:
+            failure = json.loads(self.failed_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            failure = None
+            reason = f"{type(error).__name__}: {error}"
+        else:
+            reason = "not a JSON object"
+        if not isinstance(failure, dict):
+            log.warning("%s is empty or broken (%s): the job failed, but its record was lost; "
+                        "see its train.log", self.failed_path, reason)
+            return {"overrides": [], "error": f"unknown: {FAILED_FILE} is empty or broken "
+                                              f"({reason}); see train.log"}
+        return failure
 
     def disk_use(self) -> int:
         """Bytes of the files under the job directory."""

@@ -1,17 +1,22 @@
-"""End of a multirun: the comparison table of every job's test results."""
+"""A launch's directory: one launch writes it at a time; at a multirun's end, the comparison
+table of every job's test results and the list of those that failed."""
 
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from cxr_lightning.errors import EXIT_USER_ERROR, BusyError, debugging
 from cxr_lightning.findings import FINDINGS
-from cxr_lightning.job_record import IncompleteResultsError, sweep_jobs
+from cxr_lightning.integrity import exclusive_lock, write_atomic
+from cxr_lightning.job_record import LOCK_FILE, IncompleteResultsError, sweep_jobs
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,45 @@ def failed_jobs(sweep_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["job", "overrides", "error"])
 
 
+class DirectoryLock(Callback):
+    """Hydra callback: a run or sweep directory is written by one launch at a time.
+
+    The launch holds an exclusive ``flock`` on the directory's ``.lock`` from before Hydra
+    writes anything there until it ends; a second launch into a busy directory (two sweeps
+    with one ``hydra.sweep.dir``, a run re-launched with ``hydra.run.dir`` while it runs) is
+    refused with one line and exit status 2, and touches nothing. DDP ranks other than zero
+    share their launch's directory and take no lock.
+    """
+
+    def __init__(self) -> None:
+        self._held = ExitStack()
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._hold(Path(config.hydra.run.dir), "run")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._hold(Path(config.hydra.sweep.dir), "sweep")
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._held.close()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._held.close()
+
+    def _hold(self, directory: Path, kind: str) -> None:
+        if rank_zero_only.rank != 0:
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self._held.enter_context(exclusive_lock(
+                directory / LOCK_FILE, wait=False, holder=f"the {kind} directory {directory}"))
+        except BusyError as error:
+            if debugging():
+                raise
+            log.error("%s", error)
+            raise SystemExit(EXIT_USER_ERROR) from None  # Hydra warns on a callback's Exception
+
+
 class ComparisonTable(Callback):
     """Hydra callback: after a multirun, log the comparison table and save it as CSV/text; list
     the failed jobs (failed.txt) and end the multirun with exit status 1 when there are any."""
@@ -54,16 +98,24 @@ class ComparisonTable(Callback):
         if table.empty:
             log.warning("No job under %s wrote results.json; nothing to compare", sweep_dir)
         else:
-            table.to_csv(sweep_dir / "comparison.csv", index=False)
             text = table.to_string(index=False, float_format=lambda v: f"{v:.3f}")
-            (sweep_dir / "comparison.txt").write_text(text + "\n")
             log.info("Comparison of %d jobs in %s:\n%s", len(table), sweep_dir, text)
+            _save(sweep_dir / "comparison.csv", table.to_csv(index=False))
+            _save(sweep_dir / "comparison.txt", text + "\n")
         failed = failed_jobs(sweep_dir)
         if not failed.empty:
             text = failed.to_string(index=False)
-            (sweep_dir / "failed.txt").write_text(text + "\n")
+            _save(sweep_dir / "failed.txt", text + "\n")
             log.error(
                 "%d job(s) of the multirun in %s failed (the others completed); each job's "
                 "failed.json holds its traceback:\n%s\nFix the cause and re-run the same command "
                 "with hydra.sweep.dir=%s resume=true", len(failed), sweep_dir, text, sweep_dir)
             raise SystemExit(1)  # Hydra turns a callback's exceptions into warnings
+
+
+def _save(path: Path, text: str) -> None:
+    """Write a summary file atomically; on a full disk, say so (the log holds its content)."""
+    try:
+        write_atomic(path, text)
+    except OSError as error:
+        log.error("Could not write %s (%s); its content is in the log above", path, error)

@@ -36,6 +36,7 @@ from cxr_lightning.evaluation.metrics import THRESHOLD, known_labels, point_metr
 from cxr_lightning.evaluation.thresholds import YOUDEN
 from cxr_lightning.findings import FINDINGS
 from cxr_lightning.inference.bundle import classifier_from_checkpoint, save_bundle
+from cxr_lightning.integrity import verify_zip
 from cxr_lightning.job_record import COHORT_FILE, MANIFEST_FILE, JobRecord
 from cxr_lightning.models.backbones import build_backbone, calibrate_batchnorm, is_random_init
 from cxr_lightning.models.classifier import CXRClassifier
@@ -107,10 +108,7 @@ def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
         trainer_cfg, callbacks=[unfreezing, *callbacks.values()],
         logger=member_loggers(cfg, record.directory, name, prefix))
     refuse_relaunch_in_multirun(trainer)
-    last = record.checkpoint_dir(name) / "last.ckpt"
-    resume_from = str(last) if cfg.resume and last.is_file() else None
-    if resume_from:
-        log.info("Resuming %s from %s", name, resume_from)
+    resume_from = resume_checkpoint(cfg, record, name)
     log.info("Training %s (%s, findings %s)", name, cfg.model.backbone, member.findings)
     # Resumed: the calibrated statistics are BatchNorm buffers, restored from the checkpoint.
     if is_random_init(cfg.model.weights) and resume_from is None:
@@ -150,6 +148,21 @@ def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
                 predictor, model, datamodule, "test", stage_record["checkpoint"])})
             stage_record["metrics"].update(stage_test_metrics(datamodule, stage))
     return result, stages.records
+
+
+def resume_checkpoint(cfg: DictConfig, record: JobRecord, name: str) -> str | None:
+    """With ``resume=true``, the model's ``last.ckpt`` to continue from, its checksums checked
+    (a damaged one is a :class:`~cxr_lightning.errors.CorruptFileError` naming it); ``None``
+    when not resuming or, with a warning naming it, when there is none."""
+    if not cfg.resume:
+        return None
+    last = record.checkpoint_dir(name) / "last.ckpt"
+    if not last.is_file():
+        log.warning("resume=true: no %s; training %s from the beginning", last, name)
+        return None
+    verify_zip(last, f"delete it to train {name} again from the beginning with resume=true")
+    log.info("Resuming %s from %s", name, last)
+    return str(last)
 
 
 def predict_split(predictor: pl.Trainer, model: CXRClassifier, datamodule: CXRDataModule,

@@ -19,6 +19,7 @@ SOURCES = Path(__file__).resolve().parents[1] / PACKAGE
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("cxr_lightning", "cxr_lightning.findings", "cxr_lightning.errors",
+              "cxr_lightning.integrity",
               "cxr_lightning.commands", "cxr_lightning.resolvers", "cxr_lightning.preset",
               "cxr_lightning.provenance", "cxr_lightning.console")),
     ("data", ("cxr_lightning.data",)),

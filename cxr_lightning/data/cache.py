@@ -11,6 +11,7 @@ preprocessing parameters and the image list, so a changed parameter means a new 
     shard-00000.index.csv      image_id, path, size and mtime_ns of the file of each row of the
                                shard, in row order (-1 for a file that was missing)
     shard-00000.failures.csv   image_id, path, reason of the images that could not be decoded
+    shard-00000.sha256         the SHA-256 of the shard's three files (``sha256sum -c`` reads it)
     ...
     COMPLETE                   written last, once every shard exists
 
@@ -28,7 +29,12 @@ it was built (or appeared, or vanished) is rebuilt before the cache is used agai
 ``--retry-failures`` (``retry_failures=True``) also rebuilds every shard holding a failure.
 
 Each shard file is written under a ``.partial`` name and renamed (the ``.npy`` last, so
-its presence means the shard is complete); a build that is killed resumes with the shards that
+its presence means the shard is complete); the checksums of its files are recorded as it is
+written. Before a cache is used every shard is checked once per process (the counts of its
+index, its array and the spec must agree, and its files must match their checksums): a damaged
+shard is rebuilt by :func:`build_image_cache` and the CLI, with a warning naming it, and refused
+by :func:`open_image_cache` (:class:`CacheIntegrityError`); a cache opened by URL checks each
+shard when it is first fetched. a build that is killed resumes with the shards that
 are missing and never rewrites a complete one. Writes hold an exclusive ``flock`` on
 ``.lock``, so builders running at once on one directory (parallel jobs, ``--shard`` runs on a
 shared file system) never interleave; the later one finds the shard done and skips it.
@@ -46,12 +52,12 @@ Build ahead of training (the DataModule finds the same keyed directory under ``d
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -66,7 +72,8 @@ from tqdm.auto import tqdm
 from cxr_lightning.commands import HelpFormatter, program_name
 from cxr_lightning.data.images import MAX_PIXELS
 from cxr_lightning.data.preprocess import PREPROCESSING_VERSION, RESIZE_POLICIES, Preprocessing
-from cxr_lightning.errors import run_command
+from cxr_lightning.errors import CorruptFileError, run_command
+from cxr_lightning.integrity import atomic_path, exclusive_lock, file_sha256, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +117,10 @@ class CacheBuildError(RuntimeError):
     """Too many of a cache's images failed to decode for the cache to be used."""
 
 
+class CacheIntegrityError(CorruptFileError):
+    """A shard's files disagree with their counts or checksums."""
+
+
 class ShardedImages:
     """The shards of a cache as one read-only (N, S, S) uint8 sequence, memory-mapped lazily.
 
@@ -118,11 +129,15 @@ class ShardedImages:
     """
 
     def __init__(self, paths: list[str], shard_size: int, image_size: int, length: int,
-                 local_copies: str | None = None) -> None:
+                 local_copies: str | None = None,
+                 checksums: list[str | None] | None = None) -> None:
         self.paths = paths
         self.shard_size = shard_size
         self.shape = (length, image_size, image_size)
         self.local_copies = local_copies
+        self.checksums = checksums
+        """Per shard, the SHA-256 its fetched copy must have (caches opened by URL; a local
+        cache is checked whole when opened)."""
         self._maps: list[np.ndarray | None] = [None] * len(paths)
 
     def __len__(self) -> int:
@@ -142,8 +157,14 @@ class ShardedImages:
         path = self.paths[shard]
         if not is_url(path):
             return path
-        return fsspec.open_local(f"filecache::{path}",
-                                 filecache={"cache_storage": self.local_copies})
+        local = fsspec.open_local(f"filecache::{path}",
+                                  filecache={"cache_storage": self.local_copies})
+        expected = self.checksums[shard] if self.checksums else None
+        if expected is not None and file_sha256(local) != expected:
+            raise CacheIntegrityError(
+                f"{path} (fetched to {local}) does not match its checksum in its .sha256: "
+                "delete the local copy and rebuild that shard where the cache was built")
+        return local
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_maps": [None] * len(self.paths)}
@@ -204,22 +225,25 @@ def build_image_cache(
     Images that fail to decode are recorded in the shards' failures with the reason and left
     out; the build goes on (:class:`CacheBuildError` when more than ``max_failed_fraction``
     fail). A complete cache of another root is refused; one whose files changed since is
-    rebuilt where they changed.
+    rebuilt where they changed, and so is a damaged shard (counts or checksums that disagree).
     """
     directory = cache_directory(manifest, Path(cache_dir), spec)
     root = _resolved(source_root)
     if (directory / COMPLETE_MARKER).is_file():
         _check_spec(directory, {"spec": spec.record(), "source_root": root})
-        if not _stale_shards(directory, root):
+        damaged = _damaged_shards(directory)  # first: a damaged index defeats the stale check
+        if damaged:
+            _invalidate(directory, damaged, "damaged")
+        elif not _stale_shards(directory, root):
             log.info("Using the image cache %s", directory)
-            return open_image_cache(directory, spec)
+            return _open(directory, spec)
     else:
         covering = _covering_cache(manifest, directory, spec, root)
         if covering is not None:
             return covering
     build_shards(manifest, source_root, directory, spec, num_workers,
                  max_failed_fraction=max_failed_fraction)
-    return open_image_cache(directory, spec)
+    return _open(directory, spec)  # its shards were checked, or built, just now
 
 
 def _covering_cache(manifest: pd.DataFrame, directory: Path, spec: CacheSpec,
@@ -237,11 +261,11 @@ def _covering_cache(manifest: pd.DataFrame, directory: Path, spec: CacheSpec,
         if (record["spec"] != spec.record() or record.get("source_root") != root
                 or record["n_images"] < len(wanted)):
             continue
-        if _stale_shards(candidate.parent, root):
-            log.warning("Not using the image cache %s: files changed since it was built",
-                        candidate.parent)
+        if _stale_shards(candidate.parent, root) or _damaged_shards(candidate.parent):
+            log.warning("Not using the image cache %s: files changed since it was built, or "
+                        "it is damaged", candidate.parent)
             continue
-        cache = open_image_cache(candidate.parent, spec)
+        cache = _open(candidate.parent, spec)
         held = cache.row_of.keys() | set(cache.skipped["image_id"])
         if wanted <= held:
             log.info("Using the image cache %s (%d images), which holds all %d of this cohort",
@@ -287,9 +311,10 @@ def build_shards(
         if (directory / "spec.json").is_file():
             _check_spec(directory, stored)
         else:
-            _write_atomic(directory / "spec.json", json.dumps(stored, indent=2, sort_keys=True))
+            write_atomic(directory / "spec.json", json.dumps(stored, indent=2, sort_keys=True))
     n_shards = stored["n_shards"]
     mine = range(index, n_shards, of)
+    _invalidate(directory, _damaged_shards(directory, mine), "damaged")
     _invalidate(directory, _stale_shards(directory, root, mine), "files changed since built")
     if retry_failures:
         _invalidate(directory, _shards_with_failures(directory, mine), "--retry-failures")
@@ -308,7 +333,7 @@ def build_shards(
         complete = all(_shard_path(directory, k).is_file() for k in range(n_shards))
         if complete:
             _check_failures(directory, n_shards, stored["n_images"], max_failed_fraction)
-            _write_atomic(directory / COMPLETE_MARKER, f"{n_shards} shards\n")
+            write_atomic(directory / COMPLETE_MARKER, f"{n_shards} shards\n")
     summary = BuildSummary(directory, n_shards, len(todo), len(tasks), failed, complete)
     if failed:
         log.warning("%d of %d images could not be decoded and are skipped; reasons in "
@@ -332,29 +357,53 @@ def open_image_cache(location: str | Path, spec: CacheSpec,
     package is installed, e.g. ``s3://bucket/cache/mimic_cxr-512px-...`` with s3fs): its index
     is read at once and each shard is copied into ``local_copies`` the first time an image of it
     is read, then memory-mapped. Raises :class:`CacheSpecMismatchError` when the cache was built
-    with other parameters, and ``FileNotFoundError`` when it is incomplete.
+    with other parameters, ``FileNotFoundError`` when it is incomplete and
+    :class:`CacheIntegrityError` when a shard of a local cache is damaged.
     """
     if is_url(location):
         if local_copies is None:
             raise ValueError(f"opening {location} needs a local directory for its shards")
-        directory, local = str(location).rstrip("/"), str(local_copies)
-    else:
-        directory, local = Path(location), None
+        return _open(str(location).rstrip("/"), spec, str(local_copies))
+    directory = Path(location)
+    _check_spec(directory, {"spec": spec.record()})
+    problems = _shard_problems(directory)
+    if problems:
+        k, problem = next(iter(problems.items()))
+        raise CacheIntegrityError(
+            f"image cache {directory}: {_shard_path(directory, k).name} is damaged "
+            f"({problem}): build the cache again (cxr-cache, or a training run on its "
+            "source), which rebuilds the damaged shards")
+    return _open(directory, spec)
+
+
+def _open(directory: str | Path, spec: CacheSpec, local: str | None = None) -> ImageCache:
+    """The cache at ``directory`` (checked by the caller; a URL's shards check themselves when
+    fetched into ``local``)."""
     record = _check_spec(directory, {"spec": spec.record()})
     if not _exists(_member(directory, COMPLETE_MARKER)):
         raise FileNotFoundError(f"image cache {directory} is incomplete (no {COMPLETE_MARKER}): "
                                 "run the build again, it resumes with the missing shards")
     n_shards = record["n_shards"]
+    checksums = None if local is None else [
+        _recorded_checksums(directory, k).get(f"shard-{k:05d}.npy") for k in range(n_shards)]
     ids = [pd.read_csv(_shard_path(directory, k, ".index.csv"), dtype={"image_id": str})
            for k in range(n_shards)]
+    for k, index in enumerate(ids):
+        if len(index) != _rows_in_shard(record, k):
+            raise CacheIntegrityError(
+                f"{_shard_path(directory, k, '.index.csv')} lists {len(index)} rows, but the "
+                f"shard holds {_rows_in_shard(record, k)}: rebuild the cache")
     failures = [pd.read_csv(_shard_path(directory, k, ".failures.csv"), dtype={"image_id": str})
                 for k in range(n_shards)]
     skipped = pd.concat(failures, ignore_index=True)
-    all_ids = pd.concat(ids, ignore_index=True)["image_id"]
     failed = set(skipped["image_id"])
-    row_of = {image_id: row for row, image_id in enumerate(all_ids) if image_id not in failed}
+    # a row is addressed by its shard and its place in that shard's index, never by a count
+    # over all indexes, so one index that disagrees cannot shift the images of the next shards
+    row_of = {image_id: k * spec.shard_size + row for k, index in enumerate(ids)
+              for row, image_id in enumerate(index["image_id"]) if image_id not in failed}
     paths = [str(_shard_path(directory, k)) for k in range(n_shards)]
-    images = ShardedImages(paths, spec.shard_size, spec.image_size, len(all_ids), local)
+    images = ShardedImages(paths, spec.shard_size, spec.image_size, record["n_images"], local,
+                           checksums)
     return ImageCache(directory, images, row_of, skipped)
 
 
@@ -424,6 +473,82 @@ def _stale_shards(directory: Path, root: str, shards: Iterable[int] | None = Non
     return stale
 
 
+def _rows_in_shard(record: dict, shard: int) -> int:
+    """How many images shard ``shard`` of a cache (its spec.json record) holds."""
+    size = record["spec"]["shard_size"]
+    return max(0, min(size, record["n_images"] - shard * size))
+
+
+_SHARD_FILES = (".npy", ".index.csv", ".failures.csv")
+_CHECKSUM_SUFFIX = ".sha256"
+
+
+def _recorded_checksums(directory: str | Path, shard: int) -> dict[str, str]:
+    """``{file name: sha256}`` from the shard's ``.sha256`` (empty when it has none)."""
+    location = _shard_path(directory, shard, _CHECKSUM_SUFFIX)
+    if not _exists(location):
+        return {}
+    pairs = (line.split(maxsplit=1) for line in _read_text(location).splitlines() if line)
+    return {name.strip(): digest for digest, name in pairs}
+
+
+def _record_checksums(directory: Path, shard: int, files: dict[str, Path]) -> None:
+    """Write the shard's ``.sha256`` (``sha256sum`` format) of ``{name: file}``."""
+    write_atomic(_shard_path(directory, shard, _CHECKSUM_SUFFIX),
+                 "".join(f"{file_sha256(path)}  {name}\n" for name, path in files.items()))
+
+
+def _shard_problem(directory: Path, shard: int) -> str | None:
+    """Why a built shard cannot be used (counts that disagree, a file that does not match its
+    checksum), or ``None``. A shard built before checksums were recorded gets them now."""
+    record = json.loads((directory / "spec.json").read_text())
+    rows, size = _rows_in_shard(record, shard), record["spec"]["image_size"]
+    files = {_shard_path(directory, shard, suffix).name: _shard_path(directory, shard, suffix)
+             for suffix in _SHARD_FILES}
+    try:
+        listed = len(pd.read_csv(files[f"shard-{shard:05d}.index.csv"]))
+    except (OSError, ValueError) as error:  # missing, empty or not a CSV
+        return f"its index cannot be read ({error})"
+    if listed != rows:
+        return f"its index lists {listed} rows, the shard holds {rows}"
+    try:
+        shape = np.load(files[f"shard-{shard:05d}.npy"], mmap_mode="r").shape
+    except (OSError, ValueError) as error:
+        return f"its array cannot be read ({error})"
+    if shape != (rows, size, size):
+        return f"its array is {shape}, expected {(rows, size, size)}"
+    recorded = _recorded_checksums(directory, shard)
+    if not recorded:
+        log.info("Image cache %s, shard %d: recording the checksums it was built without",
+                 directory, shard)
+        _record_checksums(directory, shard, files)
+        return None
+    for name, path in files.items():
+        if recorded.get(name) != file_sha256(path):
+            return f"{name} does not match its recorded checksum"
+    return None
+
+
+def _shard_problems(directory: Path, shards: Iterable[int] | None = None) -> dict[int, str]:
+    """``{shard: problem}`` of the built shards (of ``shards``, default all) that fail
+    :func:`_shard_problem`, checked on several cores at once (hashlib releases the GIL)."""
+    if shards is None:
+        shards = range(json.loads((directory / "spec.json").read_text())["n_shards"])
+    built = [k for k in shards if _shard_path(directory, k).is_file()]
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        problems = pool.map(lambda k: _shard_problem(directory, k), built)
+        return {k: problem for k, problem in zip(built, problems, strict=True) if problem}
+
+
+def _damaged_shards(directory: Path, shards: Iterable[int] | None = None) -> list[int]:
+    """The shards :func:`_shard_problems` finds, each named in a warning."""
+    problems = _shard_problems(directory, shards)
+    for k, problem in problems.items():
+        log.warning("Image cache %s: %s is damaged (%s); it is rebuilt", directory,
+                    _shard_path(directory, k).name, problem)
+    return list(problems)
+
+
 def _shards_with_failures(directory: Path, shards: Iterable[int]) -> list[int]:
     """The built shards (of ``shards``) whose failures list is not empty."""
     return [k for k in shards if _shard_path(directory, k).is_file()
@@ -460,7 +585,11 @@ def _check_spec(directory: str | Path, expected: dict) -> dict:
     path = _member(directory, "spec.json")
     if not _exists(path):
         raise FileNotFoundError(f"{directory} is not an image cache (no spec.json)")
-    stored = json.loads(_read_text(path))
+    try:
+        stored = json.loads(_read_text(path))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CacheIntegrityError(f"{path} is damaged ({error}): delete {directory} and build "
+                                  "the cache again") from error
     differing = {key for key in expected if stored.get(key) != expected[key]}
     if differing:
         raise CacheSpecMismatchError(
@@ -481,15 +610,8 @@ def _shard_path(directory: str | Path, shard: int, suffix: str = ".npy") -> str 
 @contextmanager
 def _exclusive(directory: Path) -> Iterator[None]:
     """Hold the cache directory's write lock (released when the file closes)."""
-    with (directory / ".lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with exclusive_lock(directory / ".lock"):
         yield
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 def _write_shard(directory: Path, shard: int, rows: pd.DataFrame, spec: CacheSpec,
@@ -508,15 +630,16 @@ def _write_shard(directory: Path, shard: int, rows: pd.DataFrame, spec: CacheSpe
     with _exclusive(directory):
         if npy.is_file():  # written meanwhile by a concurrent builder: identical, keep it
             return len(failures)
-        _write_atomic(_shard_path(directory, shard, ".index.csv"),
-                      rows[["image_id", "path", *_STAT_COLUMNS]].to_csv(index=False))
-        _write_atomic(_shard_path(directory, shard, ".failures.csv"),
-                      pd.DataFrame(failures, columns=["image_id", "path", "reason"]).to_csv(
-                          index=False))
-        partial = npy.with_name(npy.name + ".partial")
-        with partial.open("wb") as handle:
-            np.save(handle, images)
-        os.replace(partial, npy)  # last: the .npy's presence marks the shard complete
+        index = write_atomic(_shard_path(directory, shard, ".index.csv"),
+                             rows[["image_id", "path", *_STAT_COLUMNS]].to_csv(index=False))
+        failed = write_atomic(_shard_path(directory, shard, ".failures.csv"),
+                              pd.DataFrame(failures, columns=["image_id", "path", "reason"]
+                                           ).to_csv(index=False))
+        with atomic_path(npy) as partial:  # renamed last: its presence marks the shard complete
+            with partial.open("wb") as handle:
+                np.save(handle, images)
+            _record_checksums(directory, shard, {npy.name: partial, index.name: index,
+                                                 failed.name: failed})
     return len(failures)
 
 

@@ -22,7 +22,7 @@ from cxr_lightning.data.cache import CacheSpec, ImageCache, build_image_cache, o
 from cxr_lightning.data.cohort import cohort_summary
 from cxr_lightning.data.manifest import CohortReport
 from cxr_lightning.data.preprocess import Preprocessing
-from cxr_lightning.data.sample import generate_sample, is_complete_sample, sample_out_dir
+from cxr_lightning.data.sample import ensure_sample, is_complete_sample, sample_out_dir
 from cxr_lightning.data.sampling import EpochSampler, ResumableDataLoader
 from cxr_lightning.data.sources import build_manifest, check_source
 from cxr_lightning.data.sources.options import SourceOptions
@@ -140,8 +140,7 @@ class CXRDataModule(pl.LightningDataModule):
             return
         if self.sample is not None and not is_complete_sample(self.root):
             out_dir, layout = sample_out_dir(self.root)
-            log.info("Generating the MIMIC-CXR-format sample (%s layout) into %s", layout, out_dir)
-            generate_sample(out_dir, layout=layout, trainable=True, **self.sample)
+            ensure_sample(out_dir, layout, trainable=True, **self.sample)
         self._load()
 
     def setup(self, stage: str | None = None) -> None:

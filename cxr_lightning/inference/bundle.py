@@ -20,6 +20,11 @@ The file is ``torch.save`` of plain values and tensors only, so it loads with
     code_version      {package, git_commit, git_dirty}
     config            the job's resolved Hydra config, or null
 
+``torch.save`` writes a zip archive whose members carry CRC-32 checksums; :func:`load_model`
+checks them before loading (``torch.load`` does not), so a damaged file is refused with
+:class:`~cxr_lightning.errors.CorruptFileError`, never used (a truncated one is no zip archive:
+``torch.load`` refuses it, :class:`ModelMismatchError`).
+
 :func:`load_model` also reads a Lightning ``.ckpt`` written by :class:`CXRClassifier` (it
 carries the same description under ``"cxr_lightning"``) when that one model is the whole
 formulation (multilabel, multiclass).
@@ -30,7 +35,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +48,7 @@ from cxr_lightning.errors import MissingFileError, ModelMismatchError
 from cxr_lightning.evaluation.metrics import THRESHOLD
 from cxr_lightning.findings import FINDINGS
 from cxr_lightning.inference.network import FindingProbabilities
+from cxr_lightning.integrity import atomic_path, verify_zip
 from cxr_lightning.models.classifier import CXRClassifier
 from cxr_lightning.models.description import CHECKPOINT_METADATA_KEY
 from cxr_lightning.models.formulations import Formulation, FormulationPlan, plan_for
@@ -139,9 +144,8 @@ def save_bundle(
                          if isinstance(config, DictConfig) else config),
     }
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(record, partial)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:  # no half file, and no partial one left on a full disk
+        torch.save(record, partial)
     log.info("Saved the %s model (%s, %d member(s)) to %s", plan.name, record["backbone"],
              len(models), path)
     return path
@@ -258,9 +262,12 @@ def _rebuild(member: Formulation, hparams: Mapping[str, Any],
 
 
 def _load_plain(path: Path) -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` on CPU, with errors that name the file."""
+    """``torch.load(weights_only=True)`` on CPU, with errors that name the file; the file's
+    checksums (:func:`~cxr_lightning.integrity.verify_zip`) are checked first."""
     if not path.is_file():
         raise MissingFileError(f"ckpt={path}: no such file")
+    verify_zip(path, "it cannot be used; copy it again from where it was written, or re-run "
+                     "the job that wrote it", required=False)
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle refusals, truncation, not a torch file: many types

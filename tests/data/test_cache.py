@@ -20,6 +20,7 @@ import pytest
 from cxr_lightning.data import cache as cache_module
 from cxr_lightning.data.cache import (
     COMPLETE_MARKER,
+    CacheIntegrityError,
     CacheSpec,
     CacheSpecMismatchError,
     build_image_cache,
@@ -74,7 +75,8 @@ def test_build_is_sharded_deterministic_and_excludes_nothing_it_decoded(manifest
     assert files_of(tmp_path / "a") == files_of(tmp_path / "b")
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(
         [".lock", COMPLETE_MARKER, "spec.json"] + [f"shard-{k:05d}{suffix}" for k in range(3)
-                                          for suffix in (".npy", ".index.csv", ".failures.csv")])
+                                          for suffix in (".npy", ".index.csv", ".failures.csv",
+                                                         ".sha256")])
     assert np.load(tmp_path / "a" / "shard-00002.npy").shape == (4, 16, 16)
     stored = json.loads((tmp_path / "a" / "spec.json").read_text())
     assert stored["spec"]["resize"] == "pad" and stored["n_images"] == 12
@@ -256,8 +258,46 @@ def test_a_cache_in_object_storage_streams_shard_by_shard(small_sample, tmp_path
     with pytest.raises(CacheSpecMismatchError):
         open_image_cache(url, CacheSpec(Preprocessing(48)), tmp_path / "other")
     bucket.rm(f"{url}/shard-00000.npy")
-    bucket.rm(f"{url}/shard-00000.index.csv")
-    bucket.pipe(f"{url}/shard-00000.index.csv", b"image_id\nnot-this-cohort\n")
+    index = pd.read_csv(local.cache.directory / "shard-00000.index.csv")
+    index["image_id"] = [f"not-this-cohort-{i}" for i in range(len(index))]
+    bucket.pipe(f"{url}/shard-00000.index.csv", index.to_csv(index=False).encode())
     with pytest.raises(ValueError, match="lacks"):
         CXRDataModule(root=str(small_sample), source="sample", image_size=32, num_workers=0,
                       cache_dir=str(tmp_path / "node2"), cache_url=url).prepare_data()
+
+
+def _truncate_index(directory: Path) -> str:
+    index = directory / "shard-00000.index.csv"
+    index.write_text("".join(index.read_text().splitlines(keepends=True)[:-2]))
+    return index.name
+
+
+def _flip_a_byte(directory: Path) -> str:
+    shard = directory / "shard-00001.npy"
+    data = bytearray(shard.read_bytes())
+    data[-5] ^= 0x10
+    shard.write_bytes(bytes(data))
+    return shard.name
+
+
+def _truncate_shard(directory: Path) -> str:
+    shard = directory / "shard-00002.npy"
+    shard.write_bytes(shard.read_bytes()[:200])
+    return shard.name
+
+
+@pytest.mark.parametrize("damage", [_truncate_index, _flip_a_byte, _truncate_shard])
+def test_a_damaged_shard_is_refused_on_open_and_rebuilt(manifest, small_sample, tmp_path,
+                                                       caplog, damage):
+    """Every image read from the cache is its own decoded image, whatever was damaged."""
+    directory = build_image_cache(manifest, small_sample, tmp_path, SPEC, 1).directory
+    damaged = damage(directory)
+    with pytest.raises(CacheIntegrityError, match=damaged.split(".")[0]):
+        open_image_cache(directory, SPEC)
+    with caplog.at_level(logging.WARNING, logger=cache_module.__name__):
+        cache = build_image_cache(manifest, small_sample, tmp_path, SPEC, 1)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and f"{damaged.split('.')[0]}.npy is damaged" in warnings[0]
+    for image_id, path in zip(manifest["image_id"], manifest["path"], strict=True):
+        np.testing.assert_array_equal(cache.get(image_id),
+                                      SPEC.preprocessing.load(small_sample / path))

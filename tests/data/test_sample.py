@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import multiprocessing
 import re
 import shutil
 from pathlib import Path
@@ -25,6 +26,7 @@ from cxr_lightning.data.sample.generate import (
     CHEXPERT_FINDINGS,
     COHORT_COUNTS,
     LAYOUTS,
+    ensure_sample,
     generate_sample,
     is_complete_sample,
     sample_directories,
@@ -468,3 +470,34 @@ def test_a_sample_too_small_to_train_grows_until_a_multiclass_model_can(
         generate_sample(tmp_path / "enough", n_subjects=marker["n_subjects"], seed=0, workers=1,
                         trainable=True)
     assert "Grew" not in caplog.text
+
+
+def _stamps(out_dir: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(out_dir)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(out_dir.rglob("*")) if p.is_file()}
+
+
+def _first_use(out_dir: Path, barrier, seen) -> None:
+    """A job's first use of the sample: generate it if missing, then note what it holds."""
+    barrier.wait()
+    ensure_sample(out_dir, n_subjects=4, seed=3, workers=1)
+    seen.put(_stamps(out_dir))
+
+
+def test_two_first_uses_at_once_generate_the_sample_once(tmp_path):
+    """Each process, once its call returns, finds the sample as it then stays: nobody
+    rewrites files another is reading, and no half-written sample is ever visible."""
+    out_dir = tmp_path / "mimic_cxr_sample"
+    context = multiprocessing.get_context("spawn")
+    barrier, seen = context.Barrier(2), context.Queue()
+    jobs = [context.Process(target=_first_use, args=(out_dir, barrier, seen)) for _ in range(2)]
+    for job in jobs:
+        job.start()
+    snapshots = [seen.get(timeout=300) for _ in jobs]
+    for job in jobs:
+        job.join(timeout=60)
+    assert [job.exitcode for job in jobs] == [0, 0]
+    final = _stamps(out_dir)
+    assert snapshots == [final, final]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".mimic_cxr_sample.lock",
+                                                          "mimic_cxr_sample"]

@@ -5,6 +5,7 @@ ends exactly where the uninterrupted run does."""
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,3 +128,18 @@ def test_results_record_how_to_reproduce_the_run(runs):
     assert versions["pytorch_lightning"] == pytorch_lightning.__version__
     assert versions["numpy"] == np.__version__
     assert versions["cudnn"] is None or torch.cuda.is_available()
+
+
+def test_a_truncated_last_checkpoint_is_refused_naming_it(runs, cli_data):
+    run = runs["home"] / "truncated"
+    shutil.copytree(runs["home"] / "workers0", run)
+    (run / "results.json").unlink()  # an unfinished run
+    last = run / "checkpoints" / "multilabel" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:100_000])
+    resumed = _train(runs["home"], cli_data, run, "resume=true")
+    assert resumed.returncode == 2
+    output = resumed.stdout + resumed.stderr
+    errors = [line for line in output.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1 and "Traceback" not in output, output[-3000:]
+    assert f"{last} is damaged or truncated" in errors[0]
+    assert "delete it to train multilabel again from the beginning" in errors[0]

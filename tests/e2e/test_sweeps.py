@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -83,3 +84,28 @@ def test_two_sweeps_started_together_get_distinct_directories(tmp_path, cli_data
         launch.communicate(timeout=600)
     sweeps = sorted(p.name for p in (outputs / "multiruns").iterdir())
     assert len(sweeps) == 2 and sweeps[0] != sweeps[1]
+
+
+def test_a_second_sweep_into_a_busy_sweep_directory_is_refused(tmp_path, cli_data):
+    """Sweep A runs; sweep B, started into A's directory, is refused at once and touches
+    nothing; A completes as if alone."""
+    sweep = tmp_path / "sweep"
+    common = ["-m", "formulation=multilabel", *TINY, f"paths.root_dir={tmp_path}",
+              f"paths.data_dir={cli_data}", f"hydra.sweep.dir={sweep}"]
+    first = _train(*common, "seed=1", wait=False)
+    started = sweep / "0_multilabel" / "config_resolved.yaml"
+    while not started.is_file() and first.poll() is None:
+        time.sleep(0.5)
+    kept = [sweep / "multirun.yaml", started]
+    before = [p.stat().st_mtime_ns for p in kept]
+    second = _train(*common, "seed=2")
+    assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+    assert (f"the sweep directory {sweep} is in use by another process"
+            in second.stdout + second.stderr)
+    assert [p.stat().st_mtime_ns for p in kept] == before
+    output, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, output[-3000:]
+    assert "seed=1" in json.loads((sweep / "0_multilabel" / "results.json").read_text())[
+        "overrides"]
+    assert not list(sweep.glob("*/failed.json"))
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_multilabel"]

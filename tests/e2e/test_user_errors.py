@@ -102,3 +102,14 @@ def test_report_of_a_wrong_option(tmp_path):
     result = _run(tmp_path, "cxr_lightning.report", "--bootstrap", "10")
     assert result.returncode == 2
     _one_error(result, "unrecognized arguments: --bootstrap")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("multirun", [False, True])
+def test_resume_with_nothing_to_resume_is_refused(tmp_path, multirun):
+    result = _run(tmp_path, "cxr_lightning.train", *(["-m"] if multirun else []),
+                  "resume=true", "model.weights=none")
+    assert result.returncode == 2
+    _one_error(result, "resume=true: nothing to resume in",
+               "hydra.sweep.dir=" if multirun else "hydra.run.dir=")
+    assert _job_dirs(tmp_path) == []

@@ -7,7 +7,10 @@ test chose.
 
 from __future__ import annotations
 
+import errno
+import struct
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 
 from cxr_lightning.data.preprocess import Preprocessing
-from cxr_lightning.errors import ModelMismatchError
+from cxr_lightning.errors import CorruptFileError, ModelMismatchError
 from cxr_lightning.findings import FINDINGS
 from cxr_lightning.inference.bundle import (
     classifier_from_checkpoint,
@@ -99,6 +102,33 @@ def test_weights_that_do_not_fit_fail_clearly(tmp_path):
     torch.save(raw, tmp_path / "relabelled.pt")
     with pytest.raises(ModelMismatchError, match="do not fit a resnet34"):
         load_model(tmp_path / "relabelled.pt")
+
+
+def test_a_flipped_bit_in_model_pt_is_refused(tmp_path):
+    """torch.load alone would load the flipped weight and predict with it."""
+    path, _ = saved_model(tmp_path, "multilabel")
+    with zipfile.ZipFile(path) as archive:  # the largest tensor's bytes, found by hand
+        member = max(archive.infolist(), key=lambda info: info.file_size)
+    data = bytearray(path.read_bytes())
+    name, extra = struct.unpack("<HH", data[member.header_offset + 26:member.header_offset + 30])
+    data[member.header_offset + 30 + name + extra + member.file_size // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match=f"{path} is damaged: its member .* checksum"):
+        load_model(path)
+    path.write_bytes(bytes(data[:len(data) // 2]))  # no longer a zip: torch.load refuses it
+    with pytest.raises(ModelMismatchError, match=f"{path}: cannot load with torch.load"):
+        load_model(path)
+
+
+def test_a_full_disk_leaves_no_model_and_no_partial_file(tmp_path, monkeypatch):
+    def fill_the_disk(record, path):
+        Path(path).write_bytes(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", fill_the_disk)
+    with pytest.raises(OSError, match="No space left"):
+        saved_model(tmp_path, "multilabel")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_pickled_objects_are_refused(tmp_path):

@@ -1,6 +1,7 @@
 """JobRecord: one owner of a job directory's files and one rule for "complete"."""
 
 import json
+import logging
 
 import pytest
 from omegaconf import OmegaConf
@@ -10,6 +11,8 @@ from cxr_lightning.job_record import (
     JobRecord,
     sweep_jobs,
 )
+from tests.helpers.disk import failing_on_a_full_disk, make_full
+from tests.helpers.disk import small_disk as small_disk_at
 
 COMPLETE = {"formulation": "binary", "metrics": {}, "members": [], "predictions": []}
 
@@ -61,3 +64,31 @@ def test_sweep_jobs_are_the_finished_ones_in_hydra_job_order(tmp_path):
     (tmp_path / "1_multilabel" / "failed.json").write_text("{}")
     assert [job.name for job in sweep_jobs(tmp_path)] == [
         "1_multilabel", "2_multiclass", "10_binary"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    with small_disk_at(tmp_path / "disk") as mount:
+        yield mount
+
+
+def test_a_full_disk_still_leaves_a_readable_failure_record(tmp_path, small_disk, monkeypatch):
+    """On a full tmpfs where the test may mount one; else the full disk is simulated: every
+    new write fails as it would."""
+    directory = small_disk or tmp_path
+    record = JobRecord(directory)
+    record.start(OmegaConf.create({"seed": 1}))
+    make_full(small_disk, monkeypatch)
+    record.record_failure(["seed=1"], failing_on_a_full_disk())
+    assert record.read_failure()["error"] == "OSError: [Errno 28] No space left on device"
+    assert record.read_failure()["overrides"] == ["seed=1"]
+
+
+@pytest.mark.parametrize("content", ["", '{"overrides": ["seed=1"], "err'])
+def test_an_empty_or_broken_failure_record_is_read_as_such(tmp_path, caplog, content):
+    record = JobRecord(tmp_path)
+    record.failed_path.write_text(content)
+    with caplog.at_level(logging.WARNING):
+        failure = record.read_failure()
+    assert failure["error"].startswith("unknown: failed.json is empty or broken")
+    assert f"{record.failed_path} is empty or broken" in caplog.text

@@ -7,6 +7,11 @@ is read back by the ``sample`` source exactly as a MIMIC-CXR download is
 (:mod:`cxr_lightning.data.sources.mimic`).
 """
 
-from cxr_lightning.data.sample.generate import generate_sample, is_complete_sample, sample_out_dir
+from cxr_lightning.data.sample.generate import (
+    ensure_sample,
+    generate_sample,
+    is_complete_sample,
+    sample_out_dir,
+)
 
-__all__ = ["generate_sample", "is_complete_sample", "sample_out_dir"]
+__all__ = ["ensure_sample", "generate_sample", "is_complete_sample", "sample_out_dir"]

@@ -44,6 +44,8 @@ from cxr_lightning.data.sample.render import (
     write_image,
 )
 from cxr_lightning.data.sources.mimic import RECORD_LIST, image_path, study_directory, table_name
+from cxr_lightning.errors import UserError
+from cxr_lightning.integrity import exclusive_lock, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -347,16 +349,10 @@ def _image_specs(root: Path, seed: int, images: pd.DataFrame, chexpert: pd.DataF
 # ---------------------------------------------------------------------------------- writing
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _write_csv_gz(table: pd.DataFrame, path: Path) -> None:
     """Gzip-compressed CSV, byte-identical for identical tables (no timestamp in the header)."""
     text = table.to_csv(index=False, lineterminator="\n")
-    _write_atomically(path, gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0))
+    write_atomic(path, gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0))
 
 
 def _write_images(specs: Sequence[ImageSpec], workers: int) -> None:
@@ -578,7 +574,34 @@ def generate_sample(out_dir: Path, n_subjects: int = 400, seed: int = 0, *,
               "generator_version": GENERATOR_VERSION, "n_studies": len(chexpert),
               "n_images": len(images), "layout": layout,
               "tables": os.path.relpath(tables_dir, images_dir)}
-    _write_atomically(images_dir / MARKER_FILE, json.dumps(marker, indent=2).encode() + b"\n")
+    write_atomic(images_dir / MARKER_FILE, json.dumps(marker, indent=2).encode() + b"\n")
     logger.info("Wrote sample to %s in %.1f s (images in %s, tables in %s)", out_dir,
                 time.perf_counter() - started, images_dir, tables_dir)
+    return images_dir
+
+
+def ensure_sample(out_dir: Path, layout: str = "physionet", **options) -> Path:
+    """The image directory of the complete sample in ``out_dir``, generated first if missing
+    (``options``: :func:`generate_sample`'s).
+
+    Atomic and once: under a lock beside ``out_dir`` (jobs started together wait for one
+    generation), into a temporary sibling directory renamed to ``out_dir`` when complete, so no
+    process ever reads a half-written sample nor rewrites one another is reading.
+    """
+    out_dir = Path(out_dir)
+    images_dir, _ = sample_directories(out_dir, layout)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out_dir.parent / f".{out_dir.name}.lock"):
+        if is_complete_sample(images_dir):
+            return images_dir
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise UserError(f"{out_dir} holds an incomplete sample (an interrupted generation "
+                            "by an older version): delete that directory and run again")
+        for stale in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
+            shutil.rmtree(stale)  # a generation killed before its rename
+        partial = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+        logger.info("Generating the MIMIC-CXR-format sample (%s layout) into %s", layout,
+                    out_dir)
+        generate_sample(partial, layout=layout, **options)
+        os.replace(partial, out_dir)  # a missing or empty out_dir is replaced whole
     return images_dir
