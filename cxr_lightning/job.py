@@ -20,10 +20,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from cxr_lightning.config_checks import check_ranges
 from cxr_lightning.errors import EXIT_USER_ERROR, UserError, debugging
 from cxr_lightning.job_record import JobRecord
 from cxr_lightning.tracking import finish_tracking
-from cxr_lightning.training import check_weights, train_job
+from cxr_lightning.training import train_job
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def run_job(cfg: DictConfig) -> float:
     if rank_zero_only.rank == 0:
         record.start(cfg)
     try:
-        check_weights(cfg)
+        check_ranges(cfg)
         results = train_job(cfg, record, overrides)
     except UserError as error:  # every job of the launch would fail alike: it ends here
         if debugging():

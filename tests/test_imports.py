@@ -20,7 +20,8 @@ SOURCES = Path(__file__).resolve().parents[1] / PACKAGE
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("cxr_lightning", "cxr_lightning.findings", "cxr_lightning.errors",
               "cxr_lightning.commands", "cxr_lightning.resolvers", "cxr_lightning.preset",
-              "cxr_lightning.provenance", "cxr_lightning.console")),
+              "cxr_lightning.provenance", "cxr_lightning.console",
+              "cxr_lightning.config_checks")),
     ("data", ("cxr_lightning.data",)),
     ("models", ("cxr_lightning.models",)),
     ("callbacks", ("cxr_lightning.callbacks",)),
