@@ -10,6 +10,7 @@ from cxr_lightning.job_record import (
     JobRecord,
     sweep_jobs,
 )
+from cxr_lightning.sweep import comparison_table
 
 COMPLETE = {"formulation": "binary", "metrics": {}, "members": [], "predictions": []}
 
@@ -61,3 +62,18 @@ def test_sweep_jobs_are_the_finished_ones_in_hydra_job_order(tmp_path):
     (tmp_path / "1_multilabel" / "failed.json").write_text("{}")
     assert [job.name for job in sweep_jobs(tmp_path)] == [
         "1_multilabel", "2_multiclass", "10_binary"]
+
+
+def test_the_comparison_table_has_a_column_per_swept_override(tmp_path):
+    # -m formulation=binary model/optimizer=adamw,sgd logger=csv: only the optimizer differs
+    for number, optimizer, auroc in ((0, "adamw", 0.75), (1, "sgd", 0.5)):
+        (tmp_path / f"{number}_binary").mkdir()
+        JobRecord(tmp_path / f"{number}_binary").write_results(
+            COMPLETE | {"metrics": {"test/auroc/edema": auroc},
+                        "overrides": ["formulation=binary", f"model/optimizer={optimizer}",
+                                      "logger=csv"]})
+    table = comparison_table(tmp_path)
+    assert list(table.columns[:3]) == ["job", "formulation", "model/optimizer"]
+    assert "logger" not in table.columns  # the same in every job: not swept
+    assert table[["job", "model/optimizer", "test/auroc/edema"]].values.tolist() == [
+        ["0_binary", "adamw", 0.75], ["1_binary", "sgd", 0.5]]
