@@ -189,7 +189,8 @@ def predict_files(
                     batch_probabilities.append(network(images))
                 decoded.extend(item.index for item in batch.decoded)
                 if heatmaps:
-                    writer.submit(finding_heatmaps(network, images), batch, overlays)
+                    writer.submit(finding_heatmaps(network, images), batch, overlays,
+                                  batch_probabilities[-1].double().cpu().numpy())
             bar.update(len(batch.items))
     probabilities = _gather(batch_probabilities, decoded, errors)
     table = _table(paths, probabilities, errors, bundle.formulation, threshold, thresholds)
@@ -258,21 +259,25 @@ class OverlayWriter:
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def submit(self, maps: np.ndarray, batch: InputBatch,
-               overlays: dict[str, list[str]]) -> None:
-        """Queue the overlays of the batch's decoded items (``maps``: (k, 2, S, S))."""
+    def submit(self, maps: np.ndarray, batch: InputBatch, overlays: dict[str, list[str]],
+               probabilities: np.ndarray) -> None:
+        """Queue the overlays of the batch's decoded items (``maps``: (k, 2, S, S);
+        ``probabilities``: (k, 2), each overlay's title)."""
         if self.pool is None:
             raise RuntimeError("OverlayWriter.submit outside its with-block or without a folder")
-        for item, item_maps in zip(batch.decoded, maps, strict=True):
-            for finding, square_map in zip(FINDINGS, item_maps, strict=True):
+        for item, item_maps, item_probabilities in zip(batch.decoded, maps, probabilities,
+                                                       strict=True):
+            for finding, square_map, probability in zip(FINDINGS, item_maps,
+                                                        item_probabilities, strict=True):
                 name = f"{item.index:05d}_{item.path.stem}_{finding}.png"
-                self.pending.append(self.pool.submit(self._write, self.folder / name,
-                                                     item, square_map))
+                self.pending.append(self.pool.submit(self._write, self.folder / name, item,
+                                                     square_map, finding, float(probability)))
                 overlays[finding][item.index] = f"{HEATMAP_DIR}/{name}"
 
-    def _write(self, path: Path, item: PreparedImage, square_map: np.ndarray) -> Path:
+    def _write(self, path: Path, item: PreparedImage, square_map: np.ndarray, finding: str,
+               probability: float) -> Path:
         heatmap = self.preprocessing.to_original_geometry(square_map, item.original_shape)
-        return write_overlay(path, item.original, heatmap)
+        return write_overlay(path, item.original, heatmap, finding, probability)
 
 
 def _table(paths: Sequence[Path], probabilities: np.ndarray, errors: list[str],

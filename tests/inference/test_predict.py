@@ -20,6 +20,7 @@ from pydicom.data import get_testdata_file
 from cxr_lightning import predict
 from cxr_lightning.data.preprocess import Preprocessing
 from cxr_lightning.errors import BadValueError
+from cxr_lightning.inference import heatmaps
 from cxr_lightning.inference.bundle import load_model
 from cxr_lightning.inference.images import InputImages, collate_inputs
 from cxr_lightning.inference.inputs import collect_inputs
@@ -244,7 +245,9 @@ def test_cli_writes_predictions_csv_and_overlays(tmp_path, mixed_inputs):
         assert table["error"].iloc[row] == ""
         for finding in ("edema", "effusion"):
             overlay = cv2.imread(str(out / table[f"{finding}_heatmap"].iloc[row]))
-            assert overlay.shape == (40, 50, 3)  # the original's geometry, not 32x32
+            # the original's geometry, not 32x32, and the title and colour bar margins
+            title, bar = heatmaps.margins((40, 50))
+            assert overlay.shape == (40 + title, 50 + bar, 3)
 
 
 def test_cli_rejects_bad_arguments(tmp_path, capsys):
