@@ -55,8 +55,10 @@ def program_name(module: str) -> str:
 
 
 def plain(text: str) -> str:
-    """A docstring's text for ``--help``: reST roles, literal and bold markup removed."""
-    return re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "").replace("**", "")
+    """A docstring's text for ``--help``: reST roles, literal and bold markup removed. Bold is
+    a ``**word**`` pair only: a lone ``**`` (the glob ``'scans/**/*.dcm'``) stays."""
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
+    return re.sub(r"\*\*(\S[^*]*?)\*\*", r"\1", text)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

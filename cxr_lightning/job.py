@@ -21,10 +21,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from cxr_lightning.config_checks import check_ranges
 from cxr_lightning.errors import EXIT_USER_ERROR, UserError, debugging
 from cxr_lightning.job_record import CONFIG_FILE, LOCK_FILE, JobRecord
 from cxr_lightning.tracking import finish_tracking
-from cxr_lightning.training import check_weights, train_job
+from cxr_lightning.training import train_job
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,11 @@ def run_job(cfg: DictConfig) -> float:
         log.info("resume=true: %s is complete (results.json); skipping it", record.directory)
         return optimized_value(cfg, done)
     try:
+        check_ranges(cfg)
         if cfg.resume and not record.has_started_before():
             check_something_to_resume(record)
         if rank_zero_only.rank == 0:
             record.start(cfg)
-        check_weights(cfg)
         results = train_job(cfg, record, overrides)
     except UserError as error:  # every job of the launch would fail alike: it ends here
         if debugging():

@@ -2,7 +2,10 @@
 (``python -m cxr_lightning.predict``).
 
 The model (``--ckpt``) is a job's ``model.pt``, or a multilabel/multiclass Lightning ``.ckpt``;
-its saved preprocessing, thresholds and formulation are used, never re-specified here. Each
+its saved preprocessing and formulation are used, never re-specified here. Labels are
+probability > threshold at the operating point ``--threshold`` (default 0.5, the accuracy the
+README and the report give; ``youden`` and ``sens90`` were chosen on the job's validation
+split and saved in ``model.pt``); the log and the CSV's ``threshold_rule`` column name it. Each
 input is a file, a folder (searched recursively for .dcm/.png/.jpg/.jpeg), a quoted glob
 pattern (``'scans/**/*.dcm'``) or a manifest CSV with a ``path`` column. Writes
 ``OUT/predictions.csv`` (see :mod:`cxr_lightning.inference.predictor`) and, with
@@ -24,7 +27,7 @@ from cxr_lightning.console import quiet_console, summarised
 from cxr_lightning.errors import run_command
 from cxr_lightning.inference.bundle import load_model
 from cxr_lightning.inference.inputs import collect_inputs
-from cxr_lightning.inference.predictor import predict_files, write_predictions
+from cxr_lightning.inference.predictor import THRESHOLD_RULES, predict_files, write_predictions
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ CONSTANT_HEATMAPS = ("{count} Grad-CAM map(s) are constant: the gradients found 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The command line (``--help`` shows it)."""
     refuse_key_value(argv, ("ckpt", "inputs", "out", "heatmaps", "batch_size", "device",
-                            "num_workers", "formulation", "backbone"))
+                            "num_workers", "formulation", "backbone", "threshold"))
     parser = command_parser("cxr_lightning.predict", __doc__ or "")
     parser.add_argument("--ckpt", required=True, metavar="PATH",
                         help="the model: a job's model.pt (or a multilabel/multiclass .ckpt)")
@@ -46,6 +49,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="files, folders, quoted glob patterns or manifest CSVs")
     parser.add_argument("--out", default="predictions", metavar="DIR",
                         help="output folder for predictions.csv (and heatmaps/)")
+    parser.add_argument("--threshold", choices=THRESHOLD_RULES, default=THRESHOLD_RULES[0],
+                        help="labels are probability > threshold at this operating point: 0.5 "
+                             "(the README's and the report's accuracy), or youden (Youden's J) "
+                             "or sens90 (90%% sensitivity), chosen on the job's validation split")
     parser.add_argument("--heatmaps", action="store_true",
                         help="also write a Grad-CAM overlay per image and finding")
     parser.add_argument("--batch-size", type=int, default=16, metavar="N",
@@ -73,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                     CONSTANT_HEATMAPS):
         table = predict_files(bundle, paths, out_dir, heatmaps=args.heatmaps,
                               batch_size=args.batch_size, device=args.device,
-                              num_workers=args.num_workers)
+                              num_workers=args.num_workers, threshold=args.threshold)
     path = write_predictions(table, out_dir)
     log.info("Wrote %s", path)
     return path

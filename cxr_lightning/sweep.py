@@ -1,14 +1,17 @@
 """A launch's directory: one launch writes it at a time; at a multirun's end, the comparison
-table of every job's test results and the list of those that failed."""
+table of every job's test results (a column per swept override) and the list of those that
+failed."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
@@ -26,10 +29,19 @@ TABLE_METRICS: tuple[str, ...] = (
 )
 
 
+def override_choices(overrides: Sequence[str]) -> dict[str, str]:
+    """``key -> value`` of Hydra command-line overrides (Hydra's own parser): e.g.
+    ``model/optimizer=sgd`` -> ``{"model/optimizer": "sgd"}``."""
+    return {o.key_or_group: str(o.value())
+            for o in OverridesParser.create().parse_overrides(list(overrides))}
+
+
 def comparison_table(sweep_dir: Path) -> pd.DataFrame:
-    """One row per completed job under ``sweep_dir`` (its results.json), metrics as columns; a
-    results.json that is unreadable or incomplete is left out with a warning naming it."""
-    rows = []
+    """One row per completed job under ``sweep_dir`` (its results.json): ``job``,
+    ``formulation``, a column per swept override (one whose value differs between the jobs,
+    from results.json's ``overrides``, in first-seen order), then the metrics. A results.json
+    that is unreadable or incomplete is left out with a warning naming it."""
+    rows, choices = [], []
     for job in sweep_jobs(sweep_dir):
         try:
             results = job.read_results()
@@ -39,7 +51,12 @@ def comparison_table(sweep_dir: Path) -> pd.DataFrame:
         if results is not None:
             rows.append({"job": job.name, "formulation": results["formulation"],
                          **{k: results["metrics"].get(k) for k in TABLE_METRICS}})
-    return pd.DataFrame(rows, columns=["job", "formulation", *TABLE_METRICS])
+            choices.append(override_choices(results.get("overrides") or []))
+    keys = [k for k in dict.fromkeys(k for job in choices for k in job)
+            if k != "formulation" and len({job.get(k, "") for job in choices}) > 1]
+    for row, job in zip(rows, choices, strict=True):
+        row.update({k: job.get(k, "") for k in keys})
+    return pd.DataFrame(rows, columns=["job", "formulation", *keys, *TABLE_METRICS])
 
 
 def failed_jobs(sweep_dir: Path) -> pd.DataFrame:

@@ -200,8 +200,9 @@ def refuse_relaunch_in_multirun(trainer: pl.Trainer) -> None:
 
 
 def check_weights(cfg: DictConfig) -> None:
-    """Build the backbone once with ``model.weights`` before any data is read, so that missing
-    or unfitting weights (an absent file, no network for ImageNet's) end the launch at once."""
+    """Build the backbone once with ``model.weights`` before any data is read (after the data
+    root is checked), so that missing or unfitting weights (an absent file, no network for
+    ImageNet's) end the launch at once."""
     try:
         build_backbone(cfg.model.backbone, cfg.model.weights, cfg.model.in_channels)
     except (OSError, RuntimeError, ValueError) as error:
@@ -211,11 +212,13 @@ def check_weights(cfg: DictConfig) -> None:
 
 def train_job(cfg: DictConfig, record: JobRecord, overrides: list[str]) -> dict[str, Any] | None:
     """Train every model of the job's formulation; on rank zero, write and return results."""
-    pl.seed_everything(cfg.seed, workers=True)
     if cfg.data.get("sample") is not None:
         log.info("Running on the embedded MIMIC-CXR-format sample in %s (MIMIC-CXR itself: "
                  "data.root=... or MIMIC_CXR_ROOT)", cfg.data.root)
     datamodule: CXRDataModule = instantiate(cfg.data)
+    datamodule.check_root()  # a mistyped data root first, the weights next: the order of fixes
+    check_weights(cfg)  # before seeding: a random-init build draws from the global generator
+    pl.seed_everything(cfg.seed, workers=True)
     datamodule.prepare_data()
     plan: FormulationPlan = instantiate(cfg.formulation.plan)
     trained = [train_member(cfg, plan, m, datamodule, record) for m in plan.members]

@@ -63,6 +63,14 @@ def test_readme_fits_on_a_few_screens() -> None:
     assert size <= README_MAX_BYTES, f"README.md is {size} bytes; move reference text to docs/"
 
 
+def test_readme_install_gives_the_cpu_only_route() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    install = " ".join(readme[readme.index("## Install"):readme.index("## Two commands")].split())
+    assert ("pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu"
+            in install)
+    assert "not tested here" in install  # these machines cannot try it
+
+
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_relative_links_resolve(document: Path) -> None:
     assert broken_links(document) == []

@@ -8,6 +8,10 @@ images dropped by each rule); its last stdout line is one JSON object::
     python -m cxr_lightning.data.cohort --root DIR [--source mimic_cxr] [--labeler negbio]
         [--views PA AP] [--split official|random_patient] [--split-seed 0]
         [--policy edema=mask effusion=drop] [--out table.csv]
+
+The split defaults to the one training uses for the source (``conf/data/<source>.yaml``'s
+``data.split``: :data:`TRAINING_SPLITS`), so the table is the one a job trains on; the log and
+the JSON (``split``, ``split_seed``) name it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ from cxr_lightning.data.sources.options import (
 from cxr_lightning.errors import run_command
 
 log = logging.getLogger(__name__)
+
+TRAINING_SPLITS: dict[str, str] = {"mimic_cxr": "random_patient", "mimic_cxr_jpg": "random_patient",
+                                   "sample": "random_patient", "nih": "official",
+                                   "chexpert": "official"}
+"""Per source, the ``data.split`` of its training config (tests/data/test_cohort.py keeps the
+two equal)."""
 
 
 def cohort_summary(manifest: pd.DataFrame, report: CohortReport) -> pd.DataFrame:
@@ -84,13 +94,16 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, SourceO
                         metavar="FINDING=POLICY",
                         help=f"per finding, one of {LABEL_POLICIES} (default drop)")
     parser.add_argument("--views", nargs="+", default=None, help="e.g. PA AP (default: all)")
-    parser.add_argument("--split", choices=SPLIT_METHODS, default="official",
-                        help="train/val/test split (data.split)")
+    parser.add_argument("--split", choices=SPLIT_METHODS, default=None,
+                        help="train/val/test split (data.split; default: training's for the "
+                             "source, random_patient for MIMIC-CXR)")
     parser.add_argument("--split-seed", type=int, default=0,
                         help="seed of a random split (data.split_seed)")
     parser.add_argument("--out", type=Path, default=None, help="save the table as CSV")
     parser.add_argument("--log-level", default="INFO", help="logging level")
     args = parser.parse_args(argv)
+    if args.split is None:
+        args.split = TRAINING_SPLITS[args.source]
     try:
         options = SourceOptions(labeler=args.labeler, label_policy=dict(args.policy),
                                 views=args.views, split=args.split, split_seed=args.split_seed,
@@ -106,13 +119,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
     manifest, report = build_manifest(args.source, args.root, options)
     summary = cohort_summary(manifest, report)
-    log.info("Cohort of %s (%s) with %s:\n%s", args.root, args.source, options.to_dict(),
-             summary.to_string())
+    split = f"{options.split} split" + (f" (seed {options.split_seed})"
+                                        if options.split == "random_patient" else "")
+    log.info("Cohort of %s (%s), %s, with %s:\n%s", args.root, args.source, split,
+             options.to_dict(), summary.to_string())
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         summary.to_csv(args.out)
         log.info("Saved the cohort table to %s", args.out)
-    counts = asdict(report) | {"table": cohort_table(manifest).to_dict(orient="index")}
+    counts = asdict(report) | {"split": options.split, "split_seed": options.split_seed,
+                               "table": cohort_table(manifest).to_dict(orient="index")}
     sys.stdout.write(json.dumps(counts) + "\n")
 
 

@@ -24,10 +24,11 @@ from cxr_lightning.data.manifest import CohortReport
 from cxr_lightning.data.preprocess import Preprocessing
 from cxr_lightning.data.sample import ensure_sample, is_complete_sample, sample_out_dir
 from cxr_lightning.data.sampling import EpochSampler, ResumableDataLoader
-from cxr_lightning.data.sources import build_manifest, check_source
+from cxr_lightning.data.sources import build_manifest, check_root, check_source
 from cxr_lightning.data.sources.options import SourceOptions
 from cxr_lightning.data.transforms import augment, training_augmentation
 from cxr_lightning.data.workers import OneOpenCVThreadLoader
+from cxr_lightning.errors import BadValueError
 from cxr_lightning.findings import FINDINGS
 
 log = logging.getLogger(__name__)
@@ -108,8 +109,8 @@ class CXRDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if root is None:
-            raise ValueError("data.root is not set: point it (or MIMIC_CXR_ROOT) at MIMIC-CXR, "
-                             "or use the embedded sample with preset=sample")
+            raise BadValueError("data.root is not set: point it (or MIMIC_CXR_ROOT) at "
+                                "MIMIC-CXR, or use the embedded sample with preset=sample")
         check_source(source)
         self.root = Path(root)
         self.source = source
@@ -130,6 +131,12 @@ class CXRDataModule(pl.LightningDataModule):
         self.manifest: pd.DataFrame | None = None
         self.cohort_report: CohortReport | None = None
         self.cache: ImageCache | None = None
+
+    def check_root(self) -> None:
+        """A user error when ``root`` cannot hold the source (no table is read; nothing to
+        check where the sample is to be generated on first use)."""
+        if self.sample is None:
+            check_root(self.source, self.root, self.options)
 
     def prepare_data(self) -> None:
         """Generate the sample when asked and missing, then build the manifest and the cache.

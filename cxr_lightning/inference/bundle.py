@@ -176,8 +176,7 @@ def load_model(path: str | Path, formulation: str | None = None,
                 f"{path} holds a {bundle.formulation} model on a {bundle.backbone} backbone, "
                 f"but {name}={wanted} was requested: pass that formulation's model.pt, or drop "
                 f"{name}= to use the saved one")
-    log.info("Loaded the %s model (%s, thresholds %s) from %s", bundle.formulation,
-             bundle.backbone, bundle.thresholds, path)
+    log.info("Loaded the %s model (%s) from %s", bundle.formulation, bundle.backbone, path)
     return bundle
 
 

@@ -3,8 +3,10 @@
 ``predictions.csv`` has one row per input, in input order, with the columns
 :data:`PREDICTION_COLUMNS`: ``path``; ``edema_prob``, ``effusion_prob`` (each finding from the
 model of the formulation that predicts it; multiclass: marginals); ``edema_label``,
-``effusion_label`` (1 where the probability is > the model's threshold for that finding,
-else 0: the project's decision rule); ``formulation``; ``error`` (empty on success, else
+``effusion_label`` (1 where the probability is > that finding's threshold, else 0: the
+project's decision rule); ``threshold_rule`` (the operating point: ``0.5``, ``youden`` or
+``sens90``, see :data:`THRESHOLD_RULES`), ``edema_threshold``, ``effusion_threshold`` (the
+thresholds it gave); ``formulation``; ``error`` (empty on success, else
 why the file could not be read; its probabilities and labels are then empty). With
 heatmaps, ``edema_heatmap`` and ``effusion_heatmap`` give each overlay's path relative to
 the output folder.
@@ -26,7 +28,13 @@ from tqdm.auto import tqdm
 
 from cxr_lightning.data.preprocess import Preprocessing
 from cxr_lightning.data.workers import OneOpenCVThreadLoader
-from cxr_lightning.evaluation.metrics import probability_column
+from cxr_lightning.errors import BadValueError
+from cxr_lightning.evaluation.metrics import DEFAULT_OPERATING_POINT, THRESHOLD, probability_column
+from cxr_lightning.evaluation.thresholds import (
+    TARGET_SENSITIVITY,
+    YOUDEN,
+    sensitivity_point_name,
+)
 from cxr_lightning.findings import FINDINGS
 from cxr_lightning.inference.bundle import ModelBundle
 from cxr_lightning.inference.heatmaps import finding_heatmaps, write_overlay
@@ -42,6 +50,11 @@ def label_column(finding: str) -> str:
     return f"{finding}_label"
 
 
+def threshold_column(finding: str) -> str:
+    """Name of the column holding the threshold a finding's label used."""
+    return f"{finding}_threshold"
+
+
 def heatmap_column(finding: str) -> str:
     """Name of a finding's overlay-path column in predictions.csv (with heatmaps)."""
     return f"{finding}_heatmap"
@@ -49,7 +62,32 @@ def heatmap_column(finding: str) -> str:
 
 PREDICTION_COLUMNS: tuple[str, ...] = (
     "path", *(probability_column(f) for f in FINDINGS), *(label_column(f) for f in FINDINGS),
-    "formulation", "error")
+    "threshold_rule", *(threshold_column(f) for f in FINDINGS), "formulation", "error")
+
+THRESHOLD_RULES: tuple[str, ...] = (DEFAULT_OPERATING_POINT, YOUDEN,
+                                    sensitivity_point_name(TARGET_SENSITIVITY))
+"""The operating points a label can use: ``0.5`` (the README's and the report's accuracy),
+or one chosen on the job's validation split and saved in ``model.pt``: ``youden`` (Youden's J)
+or ``sens90`` (the most specific point at 90% sensitivity)."""
+
+
+def label_thresholds(bundle: ModelBundle, rule: str) -> dict[str, float]:
+    """``{finding: threshold}`` of the operating point ``rule`` (:data:`THRESHOLD_RULES`): 0.5,
+    or the validation-chosen one that ``model.pt`` records (``threshold_record``'s
+    ``operating_points``); a user error when the model records none for a finding."""
+    if rule not in THRESHOLD_RULES:
+        raise BadValueError(f"threshold={rule!r}: expected one of {THRESHOLD_RULES}")
+    if rule == DEFAULT_OPERATING_POINT:
+        return dict.fromkeys(FINDINGS, THRESHOLD)
+    record = bundle.threshold_record if isinstance(bundle.threshold_record, dict) else {}
+    points = record.get("operating_points") or {}
+    missing = [f for f in FINDINGS if rule not in (points.get(f) or {})]
+    if missing:
+        raise BadValueError(
+            f"--threshold {rule}: {bundle.source} records no {rule} threshold for "
+            f"{', '.join(missing)} (a checkpoint records none; a job records none for a "
+            f"finding whose validation split held one class): use --threshold 0.5")
+    return {f: float(points[f][rule]) for f in FINDINGS}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -106,8 +144,10 @@ def predict_files(
     batch_size: int = 16,
     device: str = "auto",
     num_workers: int | None = None,
+    threshold: str = DEFAULT_OPERATING_POINT,
 ) -> pd.DataFrame:
-    """Predict every file; the table of :data:`PREDICTION_COLUMNS` (module doc).
+    """Predict every file; the table of :data:`PREDICTION_COLUMNS` (module doc), labelled
+    at the operating point ``threshold`` (:func:`label_thresholds`).
 
     Files that cannot be read become rows with their ``error``; the rest of the batch goes on.
     ``heatmaps`` writes a Grad-CAM overlay per image and finding into ``out_dir/heatmaps``.
@@ -117,6 +157,9 @@ def predict_files(
     """
     if heatmaps and out_dir is None:
         raise ValueError("heatmaps need an output folder (out=DIR)")
+    thresholds = label_thresholds(bundle, threshold)
+    log.info("Labels: 1 where the probability > the %s threshold (%s)", threshold,
+             ", ".join(f"{f} {t:.3f}" for f, t in thresholds.items()))
     target = resolve_device(device)
     options = device_options(target)
     network = bundle.network().to(target, memory_format=options.memory_format)
@@ -146,10 +189,11 @@ def predict_files(
                     batch_probabilities.append(network(images))
                 decoded.extend(item.index for item in batch.decoded)
                 if heatmaps:
-                    writer.submit(finding_heatmaps(network, images), batch, overlays)
+                    writer.submit(finding_heatmaps(network, images), batch, overlays,
+                                  batch_probabilities[-1].double().cpu().numpy())
             bar.update(len(batch.items))
     probabilities = _gather(batch_probabilities, decoded, errors)
-    table = _table(paths, probabilities, errors, bundle)
+    table = _table(paths, probabilities, errors, bundle.formulation, threshold, thresholds)
     if heatmaps:
         for finding in FINDINGS:
             table[heatmap_column(finding)] = overlays[finding]
@@ -215,32 +259,39 @@ class OverlayWriter:
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def submit(self, maps: np.ndarray, batch: InputBatch,
-               overlays: dict[str, list[str]]) -> None:
-        """Queue the overlays of the batch's decoded items (``maps``: (k, 2, S, S))."""
+    def submit(self, maps: np.ndarray, batch: InputBatch, overlays: dict[str, list[str]],
+               probabilities: np.ndarray) -> None:
+        """Queue the overlays of the batch's decoded items (``maps``: (k, 2, S, S);
+        ``probabilities``: (k, 2), each overlay's title)."""
         if self.pool is None:
             raise RuntimeError("OverlayWriter.submit outside its with-block or without a folder")
-        for item, item_maps in zip(batch.decoded, maps, strict=True):
-            for finding, square_map in zip(FINDINGS, item_maps, strict=True):
+        for item, item_maps, item_probabilities in zip(batch.decoded, maps, probabilities,
+                                                       strict=True):
+            for finding, square_map, probability in zip(FINDINGS, item_maps,
+                                                        item_probabilities, strict=True):
                 name = f"{item.index:05d}_{item.path.stem}_{finding}.png"
-                self.pending.append(self.pool.submit(self._write, self.folder / name,
-                                                     item, square_map))
+                self.pending.append(self.pool.submit(self._write, self.folder / name, item,
+                                                     square_map, finding, float(probability)))
                 overlays[finding][item.index] = f"{HEATMAP_DIR}/{name}"
 
-    def _write(self, path: Path, item: PreparedImage, square_map: np.ndarray) -> Path:
+    def _write(self, path: Path, item: PreparedImage, square_map: np.ndarray, finding: str,
+               probability: float) -> Path:
         heatmap = self.preprocessing.to_original_geometry(square_map, item.original_shape)
-        return write_overlay(path, item.original, heatmap)
+        return write_overlay(path, item.original, heatmap, finding, probability)
 
 
 def _table(paths: Sequence[Path], probabilities: np.ndarray, errors: list[str],
-           bundle: ModelBundle) -> pd.DataFrame:
+           formulation: str, rule: str, thresholds: dict[str, float]) -> pd.DataFrame:
     table = pd.DataFrame({"path": [str(p) for p in paths]})
     for column, finding in enumerate(FINDINGS):
         table[probability_column(finding)] = probabilities[:, column]
     for column, finding in enumerate(FINDINGS):
         values = probabilities[:, column]
-        labels = pd.Series(values > bundle.thresholds[finding], dtype="Int64")
+        labels = pd.Series(values > thresholds[finding], dtype="Int64")
         table[label_column(finding)] = labels.mask(~np.isfinite(values))
-    table["formulation"] = bundle.formulation
+    table["threshold_rule"] = rule
+    for finding in FINDINGS:
+        table[threshold_column(finding)] = thresholds[finding]
+    table["formulation"] = formulation
     table["error"] = errors
     return table[list(PREDICTION_COLUMNS)]

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from cxr_lightning.job_record import RESULTS_FILE, JobRecord, sweep_jobs
+from cxr_lightning.sweep import override_choices
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,7 @@ def hydra_overrides(job_dir: Path) -> dict[str, str] | None:
     path = job_dir / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return None
-    lines = OmegaConf.to_container(OmegaConf.load(path)) or []
-    return {o.key_or_group: str(o.value()) for o in OverridesParser.create().parse_overrides(lines)}
+    return override_choices(OmegaConf.to_container(OmegaConf.load(path)) or [])
 
 
 def flat_config(config: dict[str, Any]) -> dict[str, str]:

@@ -8,11 +8,14 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from hydra import compose, initialize_config_dir
 
+from cxr_lightning.data import cohort
 from cxr_lightning.data.cohort import main
 from cxr_lightning.data.sources.mimic import build as build_mimic
 from cxr_lightning.data.sources.options import SourceOptions
 from cxr_lightning.findings import FINDINGS
+from cxr_lightning.train import PROJECT_CONF_DIR
 from tests.helpers.samples import sample_tables
 
 COLUMN = {"edema": "Edema", "effusion": "Pleural Effusion"}
@@ -190,7 +193,8 @@ def test_cli_prints_the_cohort_counts_as_its_last_line(small_sample, tmp_path):
     out = tmp_path / "table.csv"
     result = subprocess.run(
         [sys.executable, "-m", "cxr_lightning.data.cohort", "--root", str(small_sample),
-         "--views", "PA", "AP", "--policy", "edema=mask", "effusion=drop", "--out", str(out)],
+         "--views", "PA", "AP", "--policy", "edema=mask", "effusion=drop", "--out", str(out),
+         "--split", "official"],
         capture_output=True, text=True, check=True, timeout=60)
     counts = json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -214,6 +218,30 @@ def test_cli_prints_the_cohort_counts_as_its_last_line(small_sample, tmp_path):
     assert table.loc[("patients", "subjects"), "total"] == raw["subject_id"].nunique()
     assert table.loc["dropped", "total"].to_dict() == counts["dropped"]
     assert "Cohort of" in result.stderr
+
+
+def _training_data(data: str):
+    with initialize_config_dir(config_dir=str(PROJECT_CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=[f"data={data}", "data.root=/d"]).data
+
+
+def test_cli_defaults_to_the_split_training_uses_and_names_it(small_sample, capsys):
+    training = _training_data("mimic_cxr")
+    main(["--root", str(small_sample)])
+    counts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    manifest, _ = build_mimic(small_sample, SourceOptions(split=training.split,
+                                                          split_seed=training.split_seed))
+    expected = pd.crosstab(manifest["edema"].astype(int).astype(str) + ","
+                           + manifest["effusion"].astype(int).astype(str), manifest["split"])
+    assert counts["table"] == {c: {s: int(expected.loc[c, s]) for s in ("train", "val", "test")}
+                               for c in expected.index}
+    assert (counts["split"], counts["split_seed"]) == ("random_patient", 0)
+
+
+def test_the_cohort_default_split_of_each_source_is_trainings():
+    splits = {path.stem: _training_data(path.stem).split
+              for path in (PROJECT_CONF_DIR / "data").glob("*.yaml")}
+    assert splits == cohort.TRAINING_SPLITS
 
 
 def test_cli_rejects_an_unknown_policy_naming_the_valid_ones(small_sample, capsys):

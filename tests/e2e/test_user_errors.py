@@ -46,6 +46,29 @@ def test_train_on_a_missing_dataset(tmp_path, multirun):
     assert _job_dirs(tmp_path) == []  # no runs/<ts>_... or multiruns/<ts> left behind
 
 
+@pytest.mark.slow
+def test_train_reports_the_data_root_before_the_weights(tmp_path):
+    # the paper preset (a dataset given) with a mistyped root and weights that cannot be had:
+    # the user fixes the root first, so the root is what the launch reports
+    missing = tmp_path / "mimic-cxr" / "2.0.O"
+    result = _run(tmp_path, "cxr_lightning.train", f"data.root={missing}",
+                  f"model.weights={tmp_path / 'w.pt'}")
+    assert result.returncode == 2
+    _one_error(result, "MIMIC-CXR is not where the configuration points", str(missing))
+    assert "w.pt" not in result.stdout + result.stderr
+    assert _job_dirs(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_train_with_a_value_out_of_range(tmp_path):
+    # found when the job starts, before the sample is generated or a model is built
+    result = _run(tmp_path, "cxr_lightning.train", "trainer.max_epochs=0", "logger=csv")
+    assert result.returncode == 2
+    _one_error(result, "trainer.max_epochs=0: expected an integer >= 1 or -1, "
+                       "e.g. trainer.max_epochs=40")
+    assert _job_dirs(tmp_path) == []
+
+
 def test_train_with_missing_weights(tmp_path):
     result = _run(tmp_path, "cxr_lightning.train", f"model.weights={tmp_path / 'w.pt'}")
     assert result.returncode == 2

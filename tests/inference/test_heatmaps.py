@@ -15,6 +15,7 @@ from PIL import Image
 
 from cxr_lightning.data.preprocess import Preprocessing
 from cxr_lightning.findings import FINDINGS
+from cxr_lightning.inference import heatmaps
 from cxr_lightning.inference.bundle import load_model
 from cxr_lightning.inference.heatmaps import finding_heatmaps, gradcam_layer
 from cxr_lightning.inference.images import prepare_image
@@ -22,6 +23,7 @@ from cxr_lightning.inference.network import FindingProbabilities
 from cxr_lightning.inference.predictor import predict_files
 from cxr_lightning.models.backbones import build_backbone
 from tests.helpers.bundles import random_models, saved_model
+from tests.inference.test_predict import _grey, _write
 
 
 def _hand_gradcam(model, images: torch.Tensor, target) -> np.ndarray:
@@ -85,6 +87,30 @@ def test_target_layer_is_the_last_block():
         gradcam_layer(torch.nn.Conv2d(1, 1, 1))
 
 
+def test_overlays_show_the_finding_its_probability_and_a_colour_bar(tmp_path):
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    files = [_write(folder / "wide.png", _grey((40, 50))),
+             _write(folder / "tall.png", _grey((300, 200), seed=1))]
+    bundle = load_model(saved_model(tmp_path, "multilabel", preprocessing=Preprocessing(96))[0])
+    table = predict_files(bundle, files, tmp_path / "out", heatmaps=True, device="cpu")
+    for index, path in enumerate(files):
+        height, width = cv2.imread(str(path), cv2.IMREAD_UNCHANGED).shape
+        for finding in FINDINGS:
+            png = Image.open(tmp_path / "out" / table[f"{finding}_heatmap"].iloc[index])
+            probability = table[f"{finding}_prob"].iloc[index]  # predictions.csv's number
+            assert png.text["Title"] == f"{finding}: probability {probability:.3f}"
+            pixels = np.asarray(png.convert("RGB")).astype(int)
+            title, bar = png.height - height, png.width - width  # the margins
+            assert title >= 20 and bar >= 60, (title, bar)
+            assert (pixels[:title].min(axis=2) < 100).any()  # dark title text on white
+            # the colour bar beside the image: JET, red (1) above blue (0)
+            strip = pixels[title:, width:]
+            reds = np.argwhere((strip[..., 0] > 150) & (strip[..., 2] < 100))
+            blues = np.argwhere((strip[..., 2] > 150) & (strip[..., 0] < 100))
+            assert len(reds) and len(blues) and reds[:, 0].mean() < blues[:, 0].mean()
+
+
 @pytest.mark.realdata
 def test_heatmaps_on_real_radiographs(shared_data, tmp_path):
     folder = shared_data / "nih_chestxray14_fullres" / "images"
@@ -113,4 +139,5 @@ def test_heatmaps_on_real_radiographs(shared_data, tmp_path):
             assert heatmap.std() > 0.05, (path, finding)  # not constant
             assert heatmap.min() >= 0 and heatmap.max() <= 1
             overlay = np.asarray(Image.open(out / table[f"{finding}_heatmap"].iloc[index]))
-            assert overlay.shape == (*original.shape, 3)
+            title, bar = heatmaps.margins(original.shape)
+            assert overlay.shape == (original.shape[0] + title, original.shape[1] + bar, 3)

@@ -20,6 +20,7 @@ from pydicom.data import get_testdata_file
 from cxr_lightning import predict
 from cxr_lightning.data.preprocess import Preprocessing
 from cxr_lightning.errors import BadValueError
+from cxr_lightning.inference import heatmaps
 from cxr_lightning.inference.bundle import load_model
 from cxr_lightning.inference.images import InputImages, collate_inputs
 from cxr_lightning.inference.inputs import collect_inputs
@@ -182,19 +183,44 @@ def test_grey_input_model_gets_one_channel_input(tmp_path, mixed_inputs):
     np.testing.assert_allclose(table[PROBABILITIES].to_numpy(), expected.numpy(), atol=1e-6)
 
 
-def test_labels_use_the_saved_thresholds_strictly(tmp_path, mixed_inputs):
+def test_labels_use_the_chosen_operating_point_strictly(tmp_path, mixed_inputs):
     files = [mixed_inputs[k] for k in ("png8", "png8_other", "rgb_grey")]
     model_path, _ = saved_model(tmp_path, "multilabel")
     probabilities = predict_files(load_model(model_path), files, device="cpu")[PROBABILITIES]
-    # thresholds equal to one image's probability: that image is labelled 0 (p > t only)
-    thresholds = {"edema": float(probabilities["edema_prob"].iloc[1]),
-                  "effusion": float(probabilities["effusion_prob"].iloc[1])}
-    model_path, _ = saved_model(tmp_path, "multilabel", thresholds=thresholds)
-    table = predict_files(load_model(model_path), files, device="cpu")
-    for finding in ("edema", "effusion"):
-        expected = [int(p > thresholds[finding]) for p in probabilities[f"{finding}_prob"]]
-        assert table[f"{finding}_label"].tolist() == expected
-        assert table[f"{finding}_label"].iloc[1] == 0
+    # youden: thresholds equal to one image's probability, so that image is labelled 0 (p > t
+    # only); sens90: the lowest probability minus a little, so every image is labelled 1
+    youden = {f: float(probabilities[f"{f}_prob"].iloc[1]) for f in ("edema", "effusion")}
+    sens90 = {f: float(probabilities[f"{f}_prob"].min()) - 1e-6 for f in ("edema", "effusion")}
+    points = {f: {"0.5": 0.5, "youden": youden[f], "sens90": sens90[f]} for f in youden}
+    model_path, _ = saved_model(tmp_path, "multilabel", thresholds=youden, threshold_record={
+        "operating_point": "youden", "operating_points": points})
+    bundle = load_model(model_path)
+    # the default is 0.5 (the README's and the report's accuracy), not the saved Youden point
+    for rule, thresholds in ((None, {"edema": 0.5, "effusion": 0.5}), ("youden", youden),
+                             ("sens90", sens90)):
+        table = predict_files(bundle, files, device="cpu",
+                              **({} if rule is None else {"threshold": rule}))
+        assert (table["threshold_rule"] == (rule or "0.5")).all()
+        for finding in ("edema", "effusion"):
+            expected = [int(p > thresholds[finding]) for p in probabilities[f"{finding}_prob"]]
+            assert table[f"{finding}_label"].tolist() == expected, (rule, finding)
+            assert (table[f"{finding}_threshold"] == thresholds[finding]).all()
+    assert table["edema_label"].tolist() == [1, 1, 1]
+
+
+def test_an_operating_point_the_model_lacks_is_refused(tmp_path, mixed_inputs):
+    bundle = load_model(saved_model(tmp_path, "multiclass")[0])  # records no chosen point
+    with pytest.raises(BadValueError, match=r"records no youden threshold for edema, effusion"
+                                            r".*use --threshold 0\.5"):
+        predict_files(bundle, [mixed_inputs["png8"]], device="cpu", threshold="youden")
+
+
+def test_help_names_the_operating_point_and_the_glob(capsys):
+    with pytest.raises(SystemExit):
+        predict.main(["--help"])
+    text = capsys.readouterr().out
+    assert "'scans/**/*.dcm'" in text  # not 'scans//*.dcm': only **bold** pairs are markup
+    assert "--threshold {0.5,youden,sens90}" in text and "(default: 0.5)" in text
 
 
 def test_cli_writes_predictions_csv_and_overlays(tmp_path, mixed_inputs):
@@ -217,7 +243,9 @@ def test_cli_writes_predictions_csv_and_overlays(tmp_path, mixed_inputs):
         assert table["error"].iloc[row] == ""
         for finding in ("edema", "effusion"):
             overlay = cv2.imread(str(out / table[f"{finding}_heatmap"].iloc[row]))
-            assert overlay.shape == (40, 50, 3)  # the original's geometry, not 32x32
+            # the original's geometry, not 32x32, and the title and colour bar margins
+            title, bar = heatmaps.margins((40, 50))
+            assert overlay.shape == (40 + title, 50 + bar, 3)
 
 
 def test_cli_rejects_bad_arguments(tmp_path, capsys):

@@ -95,6 +95,7 @@ def test_pool_writes_the_overlays_a_sequential_write_gives(tmp_path):
             for finding, square_map in zip(FINDINGS, item_maps, strict=True):
                 expected = write_overlay(
                     tmp_path / "expected.png", item.original,
-                    bundle.preprocessing.to_original_geometry(square_map, item.original_shape))
+                    bundle.preprocessing.to_original_geometry(square_map, item.original_shape),
+                    finding, table[f"{finding}_prob"].iloc[item.index])
                 written = tmp_path / "out" / table[f"{finding}_heatmap"].iloc[item.index]
                 assert written.read_bytes() == expected.read_bytes(), written

@@ -11,6 +11,7 @@ from cxr_lightning.job_record import (
     JobRecord,
     sweep_jobs,
 )
+from cxr_lightning.sweep import comparison_table
 from tests.helpers.disk import failing_on_a_full_disk, make_full
 from tests.helpers.disk import small_disk as small_disk_at
 
@@ -92,3 +93,16 @@ def test_an_empty_or_broken_failure_record_is_read_as_such(tmp_path, caplog, con
         failure = record.read_failure()
     assert failure["error"].startswith("unknown: failed.json is empty or broken")
     assert f"{record.failed_path} is empty or broken" in caplog.text
+def test_the_comparison_table_has_a_column_per_swept_override(tmp_path):
+    # -m formulation=binary model/optimizer=adamw,sgd logger=csv: only the optimizer differs
+    for number, optimizer, auroc in ((0, "adamw", 0.75), (1, "sgd", 0.5)):
+        (tmp_path / f"{number}_binary").mkdir()
+        JobRecord(tmp_path / f"{number}_binary").write_results(
+            COMPLETE | {"metrics": {"test/auroc/edema": auroc},
+                        "overrides": ["formulation=binary", f"model/optimizer={optimizer}",
+                                      "logger=csv"]})
+    table = comparison_table(tmp_path)
+    assert list(table.columns[:3]) == ["job", "formulation", "model/optimizer"]
+    assert "logger" not in table.columns  # the same in every job: not swept
+    assert table[["job", "model/optimizer", "test/auroc/edema"]].values.tolist() == [
+        ["0_binary", "adamw", 0.75], ["1_binary", "sgd", 0.5]]

@@ -16,7 +16,7 @@ import pandas as pd
 from cxr_lightning.data.manifest import CohortReport
 from cxr_lightning.data.sources import chexpert, mimic, mimic_jpg, nih
 from cxr_lightning.data.sources.options import SourceOptions
-from cxr_lightning.errors import BadValueError
+from cxr_lightning.errors import BadValueError, MissingFileError
 
 Builder = Callable[[str | Path, SourceOptions], tuple[pd.DataFrame, CohortReport]]
 
@@ -33,6 +33,18 @@ def check_source(source: str) -> None:
     """Raise a user error naming the registered sources when ``source`` is not one."""
     if source not in SOURCES:
         raise BadValueError(f"data.source={source!r}: expected one of {tuple(SOURCES)}")
+
+
+def check_root(source: str, root: str | Path, options: SourceOptions) -> None:
+    """Raise a user error when ``root`` cannot hold ``source`` under ``options``, reading no
+    table (MIMIC: ``files/`` and the tables it needs; another source: a directory), so that a
+    mistyped data root is the first thing a launch reports."""
+    check_source(source)
+    if source in ("mimic_cxr", "mimic_cxr_jpg", "sample"):
+        mimic.resolve_layout(root, options.labels_root, mimic.needed_tables(options))
+    elif not Path(root).is_dir():
+        raise MissingFileError(f"data.root={root} is not a directory: point data.root at the "
+                               f"{source} download")
 
 
 def build_manifest(source: str, root: str | Path,

@@ -120,6 +120,12 @@ def resolve_layout(root: str | Path, labels_root: str | Path | None = None,
                            + "\n".join(problems))
 
 
+def needed_tables(options: SourceOptions) -> tuple[str, ...]:
+    """The tables a cohort under ``options`` reads: its labeler's, the metadata, and the
+    official split's when that is the split."""
+    return (options.labeler, "metadata", *(["split"] if options.split == "official" else []))
+
+
 def study_directory(subject_id: int, study_id: int) -> str:
     """MIMIC's relative study directory: files/p{2 digits}/p{subject}/s{study}."""
     subject = str(subject_id)
@@ -160,8 +166,7 @@ def read_mimic(root: str | Path, options: SourceOptions, source: str,
     (the metadata's), so a patient's split does not depend on the label policy or views.
     """
     root = Path(root)
-    needed = (options.labeler, "metadata", *(["split"] if options.split == "official" else []))
-    layout = resolve_layout(root, options.labels_root, needed)
+    layout = resolve_layout(root, options.labels_root, needed_tables(options))
     labels = read_table(layout.table(options.labeler), {
         "subject_id": ID, "study_id": ID, **{c: LABEL_CODE for c in LABEL_COLUMNS.values()}},
         unique=("subject_id", "study_id"))
