@@ -29,15 +29,16 @@ def _train(*arguments: str, wait: bool = True) -> subprocess.CompletedProcess | 
 
 @pytest.fixture(scope="module")
 def failed_then_resumed(tmp_path_factory, cli_data):
-    """A 2-job sweep whose second job fails (negative lr), then the same sweep resumed."""
+    """A 2-job sweep whose second job fails in training (AdamW refuses a negative eps, which
+    no config check covers), then the same sweep resumed."""
     home = tmp_path_factory.mktemp("sweeps")
-    first = _train("-m", "formulation=multilabel", "model.lr=0.001,-1",
+    first = _train("-m", "formulation=multilabel", "+model.optimizer.eps=1e-8,-1",
                    f"paths.root_dir={home}", f"paths.data_dir={cli_data}", *TINY)
     (sweep,) = (home / "outputs" / "multiruns").iterdir()
     after_first = {p.parent.name: p.stat().st_mtime_ns for p in sweep.glob("*/results.json")}
     failure = json.loads((sweep / "1_multilabel" / "failed.json").read_text())
     failed_list = (sweep / "failed.txt").read_text()
-    second = _train("-m", "formulation=multilabel", "model.lr=0.001,0.002",
+    second = _train("-m", "formulation=multilabel", "+model.optimizer.eps=1e-8,1e-7",
                     f"paths.root_dir={home}", f"paths.data_dir={cli_data}",
                     f"hydra.sweep.dir={sweep}", "resume=true", *TINY)
     return {"first": first, "second": second, "sweep": sweep, "after_first": after_first,
@@ -53,8 +54,8 @@ def test_a_failed_job_is_recorded_and_the_others_complete(failed_then_resumed):
     assert "0_multilabel" not in failed_then_resumed["failed_list"]
     assert set(failed_then_resumed["after_first"]) == {"0_multilabel"}
     failure = failed_then_resumed["failure"]
-    assert "model.lr=-1" in failure["overrides"]
-    assert "Invalid learning rate" in failure["error"] and "Traceback" in failure["traceback"]
+    assert "+model.optimizer.eps=-1" in failure["overrides"]
+    assert "Invalid epsilon value" in failure["error"] and "Traceback" in failure["traceback"]
     assert (sweep / "1_multilabel" / "config_resolved.yaml").is_file()
 
 
@@ -67,8 +68,8 @@ def test_resume_skips_complete_jobs_and_reruns_the_rest(failed_then_resumed):
         failed_then_resumed["after_first"]["0_multilabel"])
     assert not (sweep / "1_multilabel" / "failed.json").exists()
     rerun = json.loads((sweep / "1_multilabel" / "results.json").read_text())
-    assert "model.lr=0.002" in rerun["overrides"]
-    assert rerun["config"]["model"]["lr"] == 0.002
+    assert "+model.optimizer.eps=1e-7" in rerun["overrides"]
+    assert rerun["config"]["model"]["optimizer"]["eps"] == 1e-7
     table = pd.read_csv(sweep / "comparison.csv")
     assert sorted(table["job"]) == ["0_multilabel", "1_multilabel"]
 
