@@ -106,7 +106,10 @@ class ProgressiveUnfreezing(BaseFinetuning):
         fold_frozen_bn: bool = True,
         last_stage_epochs: int | None = None,
         restore_best: bool = False,
+        cache_frozen: bool = False,
     ) -> None:
+        """``cache_frozen``: a job also runs :class:`~cxr_lightning.callbacks.prefix_cache.
+        PrefixCache` (the frozen prefix's activations computed once; read by the job only)."""
         super().__init__()
         if interval is not None and interval < 1:
             raise ValueError(f"interval must be >= 1 or None, got {interval}")
@@ -140,6 +143,7 @@ class ProgressiveUnfreezing(BaseFinetuning):
         self.fold_frozen_bn = fold_frozen_bn
         self.last_stage_epochs = last_stage_epochs
         self.restore_best = restore_best
+        self.cache_frozen = cache_frozen
         self._best_state: dict[str, torch.Tensor] | None = None
         self._folding: FrozenBatchNormFolding | None = None
         self._blocks: list[tuple[str, nn.Module]] = []

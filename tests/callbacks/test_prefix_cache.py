@@ -1,0 +1,87 @@
+"""PrefixCache: training on the frozen prefix's cached activations is training without them.
+
+Real ``trainer.fit`` runs of :class:`CXRClassifier` (resnet18, random init, 32 px) on the shared
+40-subject sample through :class:`CXRDataModule`, with the study's settings in miniature (one
+epoch per stage: head, + layer4.1, + layer4.0), with and without the cache; the reference is the
+run without it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from cxr_lightning.callbacks.prefix_cache import PrefixCache
+from cxr_lightning.callbacks.unfreeze import ProgressiveUnfreezing
+from cxr_lightning.data.datamodule import CXRDataModule
+from cxr_lightning.models.backbones import calibrate_batchnorm
+from cxr_lightning.models.classifier import CXRClassifier
+from cxr_lightning.models.formulations import MultilabelFormulation
+from tests.helpers.samples import sample_tables
+
+
+class BatchKinds(pl.Callback):
+    """Per training epoch: which kind of batch the model was fed (``activations`` or
+    ``image``) and the shape of its rows."""
+
+    def __init__(self) -> None:
+        self.kinds: list[set[tuple[str, tuple[int, ...]]]] = []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.kinds.append(set())
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        key = "activations" if "activations" in batch else "image"
+        self.kinds[-1].add((key, tuple(batch[key].shape[1:])))
+
+
+def _fit(sample: Path, cache_dir: Path, cache: bool, augment: bool = False
+         ) -> tuple[CXRClassifier, CXRDataModule, BatchKinds, list[torch.Tensor]]:
+    pl.seed_everything(0, workers=True)
+    datamodule = CXRDataModule(str(sample), labels_root=str(sample_tables(sample)),
+                               image_size=32, batch_size=16, num_workers=0, augment=augment,
+                               cache_dir=str(cache_dir), cache_workers=1)
+    datamodule.prepare_data()
+    model = CXRClassifier(MultilabelFormulation(), backbone="resnet18", weights="none")
+    calibrate_batchnorm(model.backbone, (datamodule.on_after_batch_transfer(b, 0)["image"]
+                                         for b in datamodule.train_dataloader()))
+    unfreezing = ProgressiveUnfreezing(interval=1, until="layer4.0", last_stage_epochs=1)
+    kinds = BatchKinds()
+    callbacks = [unfreezing, *([PrefixCache(unfreezing)] if cache else []), kinds]
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=3, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, deterministic=True, callbacks=callbacks)
+    trainer.fit(model, datamodule=datamodule)
+    predictions = trainer.predict(model, datamodule=datamodule)
+    return model, datamodule, kinds, predictions
+
+
+@pytest.fixture(scope="module")
+def fits(small_sample, tmp_path_factory):
+    cache_dir = tmp_path_factory.mktemp("prefix_cache")
+    return {"off": _fit(small_sample, cache_dir, cache=False),
+            "on": _fit(small_sample, cache_dir, cache=True)}
+
+
+def test_cache_on_trains_the_same_weights_and_predictions_as_cache_off(fits):
+    off, on = fits["off"][0], fits["on"][0]
+    for (name, a), (_, b) in zip(off.state_dict().items(), on.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert torch.equal(torch.cat(fits["off"][3]), torch.cat(fits["on"][3]))
+
+
+def test_each_stage_trains_on_its_boundarys_activations(fits):
+    # resnet18 at 32 px: pooled features (512), layer4.1's input (512 x 1 x 1), layer4.0's
+    # input, layer3's output (256 x 2 x 2)
+    assert fits["on"][2].kinds == [{("activations", (512,))}, {("activations", (512, 1, 1))},
+                                   {("activations", (256, 2, 2))}]
+    assert fits["off"][2].kinds == [{("image", (3, 32, 32))}] * 3
+
+
+def test_after_fit_the_module_and_datamodule_are_back_on_images(fits):
+    model, datamodule = fits["on"][0], fits["on"][1]
+    assert model.prefix_boundary is None and datamodule.activations is None
+    assert "image" in next(iter(datamodule.train_dataloader()))
