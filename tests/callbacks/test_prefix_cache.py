@@ -8,6 +8,7 @@ run without it.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 
 from cxr_lightning.callbacks.prefix_cache import PrefixCache
+from cxr_lightning.callbacks.timing import EpochTimer
 from cxr_lightning.callbacks.unfreeze import ProgressiveUnfreezing
 from cxr_lightning.data.datamodule import CXRDataModule
 from cxr_lightning.models.backbones import calibrate_batchnorm
@@ -38,8 +40,8 @@ class BatchKinds(pl.Callback):
         self.kinds[-1].add((key, tuple(batch[key].shape[1:])))
 
 
-def _fit(sample: Path, cache_dir: Path, cache: bool, augment: bool = False
-         ) -> tuple[CXRClassifier, CXRDataModule, BatchKinds, list[torch.Tensor]]:
+def _fit(sample: Path, cache_dir: Path, cache: bool, augment: bool = False, epochs: int = 3
+         ) -> tuple[CXRClassifier, CXRDataModule, BatchKinds, list[torch.Tensor], EpochTimer]:
     pl.seed_everything(0, workers=True)
     datamodule = CXRDataModule(str(sample), labels_root=str(sample_tables(sample)),
                                image_size=32, batch_size=16, num_workers=0, augment=augment,
@@ -49,14 +51,14 @@ def _fit(sample: Path, cache_dir: Path, cache: bool, augment: bool = False
     calibrate_batchnorm(model.backbone, (datamodule.on_after_batch_transfer(b, 0)["image"]
                                          for b in datamodule.train_dataloader()))
     unfreezing = ProgressiveUnfreezing(interval=1, until="layer4.0", last_stage_epochs=1)
-    kinds = BatchKinds()
-    callbacks = [unfreezing, *([PrefixCache(unfreezing)] if cache else []), kinds]
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=3, logger=False,
+    kinds, timer = BatchKinds(), EpochTimer()
+    callbacks = [unfreezing, *([PrefixCache(unfreezing)] if cache else []), kinds, timer]
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, deterministic=True, callbacks=callbacks)
     trainer.fit(model, datamodule=datamodule)
-    predictions = trainer.predict(model, datamodule=datamodule)
-    return model, datamodule, kinds, predictions
+    predictions = trainer.predict(model, datamodule=datamodule) if epochs == 3 else []
+    return model, datamodule, kinds, predictions, timer
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,26 @@ def test_each_stage_trains_on_its_boundarys_activations(fits):
     assert fits["off"][2].kinds == [{("image", (3, 32, 32))}] * 3
 
 
+def test_the_epoch_timer_counts_the_images_of_activation_batches(fits):
+    datamodule = fits["on"][1]
+    train, val = (len(datamodule.split_manifest(split)) for split in ("train", "val"))
+    expected = [(train // 16 * 16, val)] * 3  # full training batches only (drop_last)
+    for fit in ("on", "off"):
+        records = fits[fit][4].throughput
+        assert [(r["train_images"], r["val_images"]) for r in records] == expected, fit
+
+
 def test_after_fit_the_module_and_datamodule_are_back_on_images(fits):
     model, datamodule = fits["on"][0], fits["on"][1]
     assert model.prefix_boundary is None and datamodule.activations is None
     assert "image" in next(iter(datamodule.train_dataloader()))
+
+
+def test_augmentation_switches_the_cache_off_with_one_log_line(small_sample, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="cxr_lightning.callbacks.prefix_cache"):
+        _, _, kinds, _, _ = _fit(small_sample, tmp_path, cache=True, augment=True, epochs=1)
+    lines = [r.getMessage() for r in caplog.records if r.name.endswith("prefix_cache")]
+    assert lines == ["The frozen-prefix activation cache is off: data.augment=true (each epoch "
+                     "sees other images)"]
+    assert kinds.kinds == [{("image", (3, 32, 32))}]
+    assert not (tmp_path / "activations").exists()
