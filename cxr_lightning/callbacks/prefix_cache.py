@@ -54,7 +54,8 @@ class PrefixCache(pl.Callback):
     when it is exact: no augmentation, frozen BatchNorm in eval mode (``train_bn=False``), no
     stochastic layer in the backbone, a torchvision ResNet that is not compiled, and a datamodule
     with an image cache; otherwise the run goes on without it, with one log line saying why.
-    :attr:`build_seconds` records the time of every store built, by boundary.
+    :attr:`build_seconds` records the time of every store built, by boundary (also logged, with
+    its rate, which ``make rehearse`` reads).
     """
 
     def __init__(self, unfreezing: ProgressiveUnfreezing) -> None:
@@ -146,7 +147,8 @@ class PrefixCache(pl.Callback):
             return _prefix_rows(trainer, trunk, boundary, datamodule, [ids[r] for r in rows],
                                 device).to(dtype)
 
-        if is_complete(root, key, len(ids)):
+        complete = is_complete(root, key, len(ids))
+        if complete:
             _info(f"Activation cache at {boundary}: reusing {key.directory(root)}")
         else:
             shape = tuple(compute(range(1)).shape[1:])
@@ -157,7 +159,11 @@ class PrefixCache(pl.Callback):
         started = time.perf_counter()
         store = open_or_build(root, key, len(ids), compute, trainer.global_rank,
                               trainer.world_size, trainer.strategy.barrier)
-        self.build_seconds[boundary] = time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        if not complete:
+            self.build_seconds[boundary] = seconds
+            _info(f"Activation cache at {boundary}: built in {seconds:.1f} s "
+                  f"({len(ids) / seconds:.1f} img/s)")
         return store
 
 
