@@ -415,19 +415,16 @@ def resnet_steps(trunk: nn.Module) -> list[tuple[str, Callable[[torch.Tensor], t
 def prefix_modules(trunk: nn.Module, boundary: str) -> list[nn.Module]:
     """The modules of the trunk's part below ``boundary`` (a block name: the block's input; or
     :data:`POOLED`): what a cache of the activations at ``boundary`` depends on."""
-    names = [name for name, _ in resnet_steps(trunk)]
-    below = names[: _boundary_index(names, boundary)]
     blocks = dict(_resnet_blocks(trunk))
-    modules = [blocks[name] for name in below]
-    return modules + ([trunk.avgpool, trunk.fc] if boundary == POOLED else [])
+    below = [name for name, _ in resnet_steps(trunk)[: _cut(trunk, boundary)]]
+    return [blocks[name] if name in blocks else nn.ModuleList([trunk.avgpool, trunk.fc])
+            for name in below]
 
 
 def prefix_forward(trunk: nn.Module, boundary: str, images: torch.Tensor) -> torch.Tensor:
     """The activations at ``boundary``: the trunk's steps below it, run on ``images``."""
-    steps = resnet_steps(trunk)
     x = images.contiguous(memory_format=torch.channels_last)
-    for _, step in steps[: _boundary_index([name for name, _ in steps], boundary) + (
-            boundary == POOLED)]:
+    for _, step in resnet_steps(trunk)[: _cut(trunk, boundary)]:
         x = step(x)
     return x
 
@@ -435,19 +432,18 @@ def prefix_forward(trunk: nn.Module, boundary: str, images: torch.Tensor) -> tor
 def suffix_forward(trunk: nn.Module, boundary: str, activations: torch.Tensor) -> torch.Tensor:
     """The pooled features from the activations at ``boundary``: the trunk's steps from it on.
     ``suffix_forward(t, b, prefix_forward(t, b, x))`` is ``t(x)``."""
-    steps = resnet_steps(trunk)
     x = activations
     if x.dim() == 4:  # the layout the live forward hands a block
         x = x.contiguous(memory_format=torch.channels_last)
-    for _, step in steps[_boundary_index([name for name, _ in steps], boundary) + (
-            boundary == POOLED):]:
+    for _, step in resnet_steps(trunk)[_cut(trunk, boundary):]:
         x = step(x)
     return x
 
 
-def _boundary_index(names: list[str], boundary: str) -> int:
-    """The position of the step whose input is ``boundary`` (POOLED: the pooling step's)."""
+def _cut(trunk: nn.Module, boundary: str) -> int:
+    """How many of the trunk's steps lie below ``boundary`` (all of them for POOLED)."""
+    names = [name for name, _ in resnet_steps(trunk)]
     if boundary not in names or boundary == "stem":
         raise ValueError(f"boundary {boundary!r} is not a block above the stem nor {POOLED!r}; "
                          f"valid: {names[1:]}")
-    return names.index(boundary)
+    return names.index(boundary) + (boundary == POOLED)
