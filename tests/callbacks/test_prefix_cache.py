@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from cxr_lightning.callbacks.prefix_cache import PrefixCache
 from cxr_lightning.callbacks.timing import EpochTimer
@@ -40,7 +41,8 @@ class BatchKinds(pl.Callback):
         self.kinds[-1].add((key, tuple(batch[key].shape[1:])))
 
 
-def _fit(sample: Path, cache_dir: Path, cache: bool, augment: bool = False, epochs: int = 3
+def _fit(sample: Path, cache_dir: Path, cache: bool, augment: bool = False, epochs: int = 3,
+         checkpoints: Path | None = None, resume_from: Path | None = None
          ) -> tuple[CXRClassifier, CXRDataModule, BatchKinds, list[torch.Tensor], EpochTimer]:
     pl.seed_everything(0, workers=True)
     datamodule = CXRDataModule(str(sample), labels_root=str(sample_tables(sample)),
@@ -53,10 +55,12 @@ def _fit(sample: Path, cache_dir: Path, cache: bool, augment: bool = False, epoc
     unfreezing = ProgressiveUnfreezing(interval=1, until="layer4.0", last_stage_epochs=1)
     kinds, timer = BatchKinds(), EpochTimer()
     callbacks = [unfreezing, *([PrefixCache(unfreezing)] if cache else []), kinds, timer]
+    if checkpoints is not None:  # every epoch's
+        callbacks.append(ModelCheckpoint(checkpoints, "{epoch}", save_top_k=-1))
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_checkpointing=checkpoints is not None, enable_progress_bar=False,
                          enable_model_summary=False, deterministic=True, callbacks=callbacks)
-    trainer.fit(model, datamodule=datamodule)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
     predictions = trainer.predict(model, datamodule=datamodule) if epochs == 3 else []
     return model, datamodule, kinds, predictions, timer
 
@@ -64,8 +68,10 @@ def _fit(sample: Path, cache_dir: Path, cache: bool, augment: bool = False, epoc
 @pytest.fixture(scope="module")
 def fits(small_sample, tmp_path_factory):
     cache_dir = tmp_path_factory.mktemp("prefix_cache")
+    checkpoints = tmp_path_factory.mktemp("checkpoints")
     return {"off": _fit(small_sample, cache_dir, cache=False),
-            "on": _fit(small_sample, cache_dir, cache=True)}
+            "on": _fit(small_sample, cache_dir, cache=True, checkpoints=checkpoints),
+            "checkpoints": checkpoints, "cache_dir": cache_dir}
 
 
 def test_cache_on_trains_the_same_weights_and_predictions_as_cache_off(fits):
@@ -73,6 +79,17 @@ def test_cache_on_trains_the_same_weights_and_predictions_as_cache_off(fits):
     for (name, a), (_, b) in zip(off.state_dict().items(), on.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert torch.equal(torch.cat(fits["off"][3]), torch.cat(fits["on"][3]))
+
+
+def test_a_run_resumed_inside_a_cached_stage_ends_where_the_uninterrupted_one_does(
+        fits, small_sample):
+    # epoch 1 trained layer4.1 on its cached input; the resumed run serves that stage again
+    resumed = _fit(small_sample, fits["cache_dir"], cache=True,
+                   resume_from=fits["checkpoints"] / "epoch=1.ckpt")
+    assert resumed[2].kinds == [{("activations", (256, 2, 2))}]  # epoch 2 only: + layer4.0
+    for (name, a), (_, b) in zip(fits["on"][0].state_dict().items(),
+                                 resumed[0].state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_each_stage_trains_on_its_boundarys_activations(fits):
