@@ -170,7 +170,10 @@ class PrefixCache(pl.Callback):
 def _prefix_rows(trainer: pl.Trainer, trunk: nn.Module, boundary: str, datamodule: object,
                  image_ids: list[str], device: torch.device) -> torch.Tensor:
     """The activations at ``boundary`` of the cached images ``image_ids``, computed in batches
-    of the training batch size under the run's precision, the prefix in eval mode."""
+    of the training batch size under the run's precision, the prefix in eval mode. A short last
+    batch is padded to that size with its last image (then dropped): a convolution library may
+    take another path for another batch size (oneDNN does for one image), and the live forward
+    sees full batches but for a split's last one."""
     modules = prefix_modules(trunk, boundary)
     modes = [(m, m.training) for module in modules for m in module.modules()]
     for module in modules:
@@ -180,10 +183,11 @@ def _prefix_rows(trainer: pl.Trainer, trunk: nn.Module, boundary: str, datamodul
         with torch.no_grad(), trainer.precision_plugin.forward_context():
             for start in range(0, len(image_ids), datamodule.batch_size):
                 chunk = image_ids[start:start + datamodule.batch_size]
+                padded = chunk + chunk[-1:] * (datamodule.batch_size - len(chunk))
                 images = torch.stack([torch.from_numpy(datamodule.cache.get(i).copy())
-                                      for i in chunk]).to(device)
-                batches.append(prefix_forward(trunk, boundary,
-                                              datamodule.preprocessing.normalise(images)).cpu())
+                                      for i in padded]).to(device)
+                rows = prefix_forward(trunk, boundary, datamodule.preprocessing.normalise(images))
+                batches.append(rows[:len(chunk)].cpu())
     finally:
         for module, training in modes:
             module.train(training)

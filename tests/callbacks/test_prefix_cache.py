@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.plugins.precision import Precision
 
-from cxr_lightning.callbacks.prefix_cache import PrefixCache
+from cxr_lightning.callbacks.prefix_cache import PrefixCache, _prefix_rows
 from cxr_lightning.callbacks.timing import EpochTimer
 from cxr_lightning.callbacks.unfreeze import ProgressiveUnfreezing
 from cxr_lightning.data.datamodule import CXRDataModule
-from cxr_lightning.models.backbones import calibrate_batchnorm
+from cxr_lightning.models.backbones import POOLED, calibrate_batchnorm
 from cxr_lightning.models.classifier import CXRClassifier
 from cxr_lightning.models.formulations import MultilabelFormulation
 from tests.helpers.samples import sample_tables
@@ -123,3 +125,22 @@ def test_augmentation_switches_the_cache_off_with_one_log_line(small_sample, tmp
                      "sees other images)"]
     assert kinds.kinds == [{("image", (3, 32, 32))}]
     assert not (tmp_path / "activations").exists()
+
+
+def test_a_lone_last_row_is_computed_as_in_a_full_batch(small_sample, tmp_path):
+    """oneDNN convolves one image otherwise than a batch: a store's last row, alone in its
+    chunk, must still be what the live forward gives it inside a batch."""
+    datamodule = CXRDataModule(str(small_sample), labels_root=str(sample_tables(small_sample)),
+                               image_size=64, batch_size=16, num_workers=0,
+                               cache_dir=str(tmp_path), cache_workers=1)
+    datamodule.prepare_data()
+    torch.manual_seed(0)
+    model = CXRClassifier(MultilabelFormulation(), backbone="resnet18", weights="none").eval()
+    ids = list(datamodule.split_manifest("train")["image_id"][:17])
+    trainer = SimpleNamespace(precision_plugin=Precision())
+    rows = _prefix_rows(trainer, model.backbone, POOLED, datamodule, ids, torch.device("cpu"))
+    images = torch.stack([torch.from_numpy(datamodule.cache.get(i).copy()) for i in ids[1:]])
+    with torch.no_grad():
+        live = model.backbone(datamodule.preprocessing.normalise(images).contiguous(
+            memory_format=torch.channels_last))
+    assert torch.equal(rows[16], live[15])
