@@ -26,6 +26,7 @@ from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from cxr_lightning.callbacks.prefix_cache import PrefixCache
 from cxr_lightning.callbacks.stage_best import StageBest
 from cxr_lightning.callbacks.timing import EpochTimer
 from cxr_lightning.callbacks.unfreeze import ProgressiveUnfreezing
@@ -104,8 +105,10 @@ def train_member(cfg: DictConfig, plan: FormulationPlan, member: Formulation,
     timer: EpochTimer = callbacks["epoch_timer"]
     stages: StageBest = callbacks["stage_best"]
     prefix = "" if len(plan.members) == 1 else "-".join(member.findings)
+    # after the unfreezing callback: it serves the stage that one begins
+    prefix_cache = [PrefixCache(unfreezing)] if unfreezing.cache_frozen else []
     trainer: pl.Trainer = instantiate(
-        trainer_cfg, callbacks=[unfreezing, *callbacks.values()],
+        trainer_cfg, callbacks=[unfreezing, *prefix_cache, *callbacks.values()],
         logger=member_loggers(cfg, record.directory, name, prefix))
     refuse_relaunch_in_multirun(trainer)
     resume_from = resume_checkpoint(cfg, record, name)

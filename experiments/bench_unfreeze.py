@@ -1,18 +1,24 @@
-"""Train-step time per progressive-unfreezing stage, against Lightning's naive freeze.
+"""Train-step time per progressive-unfreezing stage, against Lightning's naive freeze and with
+the frozen prefix's activations cached.
 
     .venv/bin/python experiments/bench_unfreeze.py [--backbone resnet50] [--size 224]
         [--batch 16] [--device cpu|cuda] [--bf16] [--channels-last]
-        [--warmup 1] [--steps 3] [--rounds 2]
+        [--warmup 1] [--steps 3] [--rounds 2] [--stages head,head+cache,...]
 
 Each stage is one short ``trainer.fit`` of the real :class:`CXRClassifier` (multilabel
 formulation) with the real :class:`ProgressiveUnfreezing` callback, which freezes the backbone
 (``freeze_before_training``), unfreezes the stage's blocks at epoch 0 (explicit schedule
 ``[(0, "all")]`` with ``until``) and keeps the frozen BatchNorm layers in eval mode at every step,
 folded into the convolutions before them (``fold_frozen_bn``, the default).
-Stages: ``head`` (backbone frozen), ``+layer4`` (every layer4 block unfrozen), ``+layer3`` and
-``all``. The baseline ``naive-head`` is Lightning's default freeze,
-``BaseFinetuning.freeze(backbone, train_bn=True)``: BatchNorm trains, so backward runs through
-the whole trunk.
+Stages: ``head`` (backbone frozen), ``+layer4`` (every layer4 block unfrozen: the study's
+``+layer4.0`` setting), ``+layer3`` and ``all``. The baseline ``naive-head`` is Lightning's
+default freeze, ``BaseFinetuning.freeze(backbone, train_bn=True)``: BatchNorm trains, so backward
+runs through the whole trunk. ``head+cache`` and ``+layer4+cache`` are ``head`` and ``+layer4``
+trained on the frozen prefix's activations (:mod:`cxr_lightning.callbacks.prefix_cache`): the
+batch's activations at the stage's boundary are computed once per fit (timed: the one-off cost
+of building the cache, ``build_ms_per_image``), written to a real activation store and read back
+before every step (timed apart: ``read_ms``, outside the step); a cached stage's figure is its
+step plus its read, and ``cache_speedups`` divides the uncached stage's step by it.
 
 A step is timed from ``on_train_batch_start`` to ``on_train_batch_end`` with the device
 synchronised at both ends: forward, loss, backward and optimizer step, the batch already on the
@@ -33,6 +39,7 @@ import logging
 import os
 import resource
 import statistics
+import tempfile
 import time
 import warnings
 from typing import Any
@@ -41,10 +48,12 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from cxr_lightning.callbacks.baselines import NaiveFreeze
 from cxr_lightning.callbacks.unfreeze import ProgressiveUnfreezing
+from cxr_lightning.data.activations import ActivationKey, ActivationStore, open_or_build
+from cxr_lightning.models.backbones import POOLED, prefix_forward
 from cxr_lightning.models.classifier import CXRClassifier
 from cxr_lightning.models.formulations import MultilabelFormulation
 
@@ -80,7 +89,7 @@ class StepTimer(pl.Callback):
     ) -> None:
         """Probe the first step; synchronise and start the clock."""
         if batch_idx == 0:
-            self._probe(trainer, pl_module, batch["image"])
+            self._probe(trainer, pl_module, batch.get("image", batch.get("activations")))
         self._sync()
         self._faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         self._started = time.perf_counter()
@@ -146,8 +155,66 @@ STAGES: dict[str, str | None] = {
     "+layer3": "layer3.0",
     "all": "stem",
     "naive-head": None,
+    "head+cache": None,
+    "+layer4+cache": "layer4.0",
 }
 """Each stage's last unfrozen block (``None``: none)."""
+CACHE_SUFFIX = "+cache"
+
+
+class CachedBatches(Dataset):
+    """The benchmark's batch for every step: the images, or, once :class:`CacheBuilder` has
+    built the store, that batch's activations read back from it (timed in :attr:`read_s`)."""
+
+    def __init__(self, batch: dict[str, torch.Tensor], steps: int) -> None:
+        self.batch = batch
+        self.steps = steps
+        self.store: ActivationStore | None = None
+        self.read_s: list[float] = []
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+        if self.store is None:
+            return self.batch
+        started = time.perf_counter()
+        rows = torch.stack([self.store[row] for row in range(len(self.batch["labels"]))])
+        self.read_s.append(time.perf_counter() - started)
+        return {"activations": rows, "labels": self.batch["labels"]}
+
+
+class CacheBuilder(pl.Callback):
+    """When the fit's stage begins (after the unfreezing callback's hook), compute the batch's
+    activations at the stage's boundary (the prefix in eval mode, under the trainer's
+    precision; timed), store them, and have the module train on them."""
+
+    def __init__(self, source: CachedBatches, unfreezing: ProgressiveUnfreezing,
+                 directory: str, device: torch.device) -> None:
+        self.source = source
+        self.unfreezing = unfreezing
+        self.directory = directory
+        self.device = device
+        self.build_s = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        unfrozen = self.unfreezing.unfrozen_block_names
+        boundary = unfrozen[-1] if unfrozen else POOLED
+        trunk = pl_module.backbone
+        trunk.eval()
+        StepTimer(self.device)._sync()
+        started = time.perf_counter()
+        with torch.no_grad(), trainer.precision_plugin.forward_context():
+            rows = prefix_forward(trunk, boundary, self.source.batch["image"].to(self.device))
+        StepTimer(self.device)._sync()
+        self.build_s = time.perf_counter() - started
+        trunk.train()
+        key = ActivationKey(weights="bench", boundary=boundary, preprocessing={},
+                            images=str(len(rows)), dtype=str(rows.dtype).removeprefix("torch."),
+                            folded_batchnorm=True)
+        self.source.store = open_or_build(self.directory, key, len(rows),
+                                          lambda r: rows[r.start:r.stop])
+        pl_module.prefix_boundary = boundary
 
 
 def measure_stage(
@@ -169,20 +236,36 @@ def measure_stage(
         # Stage 0 (head only) for the schedule [] or, from epoch 0, every block down to `last`.
         else ProgressiveUnfreezing(schedule=[] if last is None else [(0, "all")], until=last)
     )
+    source = CachedBatches(batch, args.warmup + args.steps)
+    callbacks: list[pl.Callback] = [freezer, timer]
+    with tempfile.TemporaryDirectory() as directory:
+        if stage.endswith(CACHE_SUFFIX):
+            callbacks.insert(1, builder := CacheBuilder(source, freezer, directory, device))
+        seconds, page_faults, record = _fit(args, device, model, source, callbacks, timer, stage)
+    if stage.endswith(CACHE_SUFFIX):
+        record["build_ms_per_image"] = round(1e3 * builder.build_s / len(batch["labels"]), 3)
+        record["read_ms"] = round(1e3 * min(source.read_s), 3)
+    return seconds, page_faults, record
+
+
+def _fit(args: argparse.Namespace, device: torch.device, model: CXRClassifier,
+         source: CachedBatches, callbacks: list[pl.Callback], timer: StepTimer, stage: str
+         ) -> tuple[list[float], list[int], dict[str, Any]]:
+    """Fit ``model`` on ``source`` with ``callbacks``; check the trainable blocks."""
+    last = STAGES[stage]
     trainer = pl.Trainer(
         accelerator=device.type,
         devices=1,
         precision="bf16-mixed" if args.bf16 else "32-true",
         max_epochs=1,
         limit_val_batches=0,
-        callbacks=[freezer, timer],
+        callbacks=callbacks,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    batches = DataLoader([batch] * (args.warmup + args.steps), batch_size=None)
-    trainer.fit(model, train_dataloaders=batches)
+    trainer.fit(model, train_dataloaders=DataLoader(source, batch_size=None))
     names = [name for name, _ in model.unfreezable_blocks()]
     expected = [] if last is None else names[: names.index(last) + 1]
     if trainable_blocks(model) != expected:
@@ -206,9 +289,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per fit")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per fit")
     parser.add_argument("--rounds", type=int, default=2, help="fits per stage (best-of all)")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help=f"comma-separated, of {', '.join(STAGES)}")
     args = parser.parse_args()
     if min(args.warmup, args.steps, args.rounds) < 1:
         parser.error("--warmup, --steps and --rounds must be >= 1")
+    chosen = args.stages.split(",")
+    if unknown := sorted(set(chosen) - set(STAGES)):
+        parser.error(f"--stages: unknown {unknown}; known: {', '.join(STAGES)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -230,11 +318,11 @@ def main() -> None:
     # process otherwise pays for in page faults (~0.3 M per step for resnet50@224, batch 16, on
     # CPU), whatever its stage. Every timed fit then finds the heap as a long run would.
     measure_stage(args, device, batch, "all")
-    seconds: dict[str, list[float]] = {stage: [] for stage in STAGES}
-    faults: dict[str, list[int]] = {stage: [] for stage in STAGES}
+    seconds: dict[str, list[float]] = {stage: [] for stage in chosen}
+    faults: dict[str, list[int]] = {stage: [] for stage in chosen}
     records: dict[str, dict[str, Any]] = {}
     for _ in range(args.rounds):  # rounds interleave the stages, so load drift hits them all
-        for stage in STAGES:
+        for stage in chosen:
             timed, timed_faults, records[stage] = measure_stage(args, device, batch, stage)
             seconds[stage].extend(timed)
             faults[stage].extend(timed_faults)
@@ -263,12 +351,23 @@ def main() -> None:
             s["page_faults_per_step"],
         )
     ratios = {
-        "all_over_head": round(stages["all"]["ms"] / stages["head"]["ms"], 2),
-        "naive_head_over_head": round(stages["naive-head"]["ms"] / stages["head"]["ms"], 2),
-        "all_over_naive_head": round(stages["all"]["ms"] / stages["naive-head"]["ms"], 2),
+        f"{slower}_over_{faster}".replace("-", "_"): round(
+            stages[slower]["ms"] / stages[faster]["ms"], 2)
+        for slower, faster in (("all", "head"), ("naive-head", "head"), ("all", "naive-head"))
+        if slower in stages and faster in stages
     }
-    log.info("head-only vs fully unfrozen: %.2fx faster", ratios["all_over_head"])
-    log.info("head-only vs naive head-only: %.2fx faster", ratios["naive_head_over_head"])
+    for name, ratio in ratios.items():
+        log.info("%s: %.2fx", name, ratio)
+    cache_speedups = {
+        stage: round(stages[stage]["ms"] / (cached["ms"] + cached["read_ms"]), 2)
+        for stage in ("head", "+layer4")
+        if stage in stages and (cached := stages.get(stage + CACHE_SUFFIX))
+    }
+    for stage, speedup in cache_speedups.items():
+        cached = stages[stage + CACHE_SUFFIX]
+        log.info("%s with the cache: %.2fx faster (step %.1f ms + read %.2f ms vs %.1f ms; "
+                 "building it: %.2f ms per image, once)", stage, speedup, cached["ms"],
+                 cached["read_ms"], stages[stage]["ms"], cached["build_ms_per_image"])
     summary = {
         "backbone": args.backbone,
         "weights": args.weights,
@@ -284,6 +383,7 @@ def main() -> None:
         "load_avg_1min": [load_before, os.getloadavg()[0]],
         "stages": stages,
         "ratios": ratios,
+        "cache_speedups": cache_speedups,
     }
     print(json.dumps(summary))  # noqa: T201
 

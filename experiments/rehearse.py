@@ -17,7 +17,11 @@ projected to MIMIC-CXR.
 4. Prints one JSON line: cache build img/s, training img/s per setting, validation img/s, the
    fraction of training time spent waiting for data, peak GPU memory, and the projected wall
    time and disk of the full study (33,703 images split 80/10/10; four models, 40 epochs each
-   at worst; the 512 px cache; checkpoints as the rehearsal wrote them).
+   at worst; the 512 px cache; checkpoints as the rehearsal wrote them). Training runs on the
+   frozen prefix's cached activations (``unfreeze.cache_frozen``, the default): its settings'
+   rates are those, and the projection adds one build of each boundary's activation cache at
+   the rate the rehearsal built it (ImageNet weights: every model, formulation and seed of the
+   study shares them).
 
 On a CPU it runs at a reduced size: the multiclass formulation alone, 60 subjects, and
 ``CPU_OVERRIDES`` (batch 2, two training batches and one validation batch per epoch); its rates
@@ -30,6 +34,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -107,7 +112,18 @@ def summarise(sweep: Path) -> dict:
         "data_wait_fraction": sum(r["data_wait_s"] for r in records) / trained,
         "peak_gpu_memory_gb": max(peaks) if peaks else None,
         "model_bytes": sum(checkpoints) / len(members),  # checkpoints and model.pt per model
+        "activation_cache_img_s": activation_cache_rates(sweep),
     }
+
+
+def activation_cache_rates(sweep: Path) -> dict[str, float]:
+    """img/s of the activation-cache builds the jobs logged (PrefixCache), by boundary."""
+    pattern = re.compile(r"Activation cache at (\S+): built in [\d.]+ s \(([\d.]+) img/s\)")
+    rates: dict[str, list[float]] = {}
+    for job_log in sweep.glob("*/train.log"):
+        for boundary, rate in pattern.findall(job_log.read_text()):
+            rates.setdefault(boundary, []).append(float(rate))
+    return {boundary: median(values) for boundary, values in rates.items()}
 
 
 def project(summary: dict, cache_img_s: float) -> dict:
@@ -119,10 +135,13 @@ def project(summary: dict, cache_img_s: float) -> dict:
         "val_img_s"]
     cache_s = STUDY_IMAGES / cache_img_s
     cache_gb = STUDY_IMAGES * IMAGE_SIZE**2 / 1e9
+    activations_s = sum((n["train"] + n["val"]) / rate
+                        for rate in summary["activation_cache_img_s"].values())
     return {
         "cache_build_h": cache_s / 3600,
+        "activation_cache_build_h": activations_s / 3600,
         "train_h_worst_case": MODELS * per_model_s / 3600,
-        "total_h_worst_case": (cache_s + MODELS * per_model_s) / 3600,
+        "total_h_worst_case": (cache_s + activations_s + MODELS * per_model_s) / 3600,
         "cache_disk_gb": cache_gb,
         "outputs_disk_gb": MODELS * summary["model_bytes"] / 1e9,
     }

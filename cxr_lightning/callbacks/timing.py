@@ -56,7 +56,7 @@ class EpochTimer(pl.Callback):
         if self._started is None:
             return
         self._last_end = time.perf_counter()
-        self._current["train_images"] += len(batch["image"])
+        self._current["train_images"] += len(batch["labels"])
         self._current["train_s"] = self._last_end - self._started
 
     def on_validation_epoch_start(self, trainer: pl.Trainer,
@@ -67,7 +67,7 @@ class EpochTimer(pl.Callback):
                                 outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
         if self._started is not None and not trainer.sanity_checking:
-            self._current["val_images"] += len(batch["image"])
+            self._current["val_images"] += len(batch["labels"])
 
     def on_validation_epoch_end(self, trainer: pl.Trainer,
                                 pl_module: pl.LightningModule) -> None:

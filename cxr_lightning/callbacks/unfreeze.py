@@ -98,7 +98,10 @@ class ProgressiveUnfreezing(BaseFinetuning):
         fold_frozen_bn: bool = True,
         last_stage_epochs: int | None = None,
         restore_best: bool = False,
+        cache_frozen: bool = False,
     ) -> None:
+        """``cache_frozen``: a job also runs :class:`~cxr_lightning.callbacks.prefix_cache.
+        PrefixCache` (the frozen prefix's activations computed once; read by the job only)."""
         super().__init__()
         self.plan = UnfreezeSchedule(interval=interval, blocks_per_step=blocks_per_step,
                                      max_blocks=max_blocks, until=until,
@@ -122,6 +125,7 @@ class ProgressiveUnfreezing(BaseFinetuning):
         self.mode = mode
         self.fold_frozen_bn = fold_frozen_bn
         self.restore_best = restore_best
+        self.cache_frozen = cache_frozen
         self._best_state: dict[str, torch.Tensor] | None = None
         self._frozen_bn = FrozenBatchNorms(fold=fold_frozen_bn)
         self._blocks: list[tuple[str, nn.Module]] = []

@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cxr_lightning.data.activations import ActivationSource
 from cxr_lightning.data.cache import CacheSpec, ImageCache, build_image_cache, open_image_cache
 from cxr_lightning.data.cohort import cohort_summary
 from cxr_lightning.data.manifest import CohortReport
@@ -63,6 +64,28 @@ class CachedImageDataset(Dataset):
         if self.augmentation is not None:
             image = augment(self.augmentation, image, self.seed, epoch, index)
         return {"image": torch.from_numpy(np.array(image)), "labels": self.labels[index],
+                "index": torch.tensor(index)}
+
+
+class ActivationDataset(Dataset):
+    """A split's items with the frozen prefix's activations (``activations``) in place of the
+    image, from the source's current store (its images while the store is ``None``). Keys as
+    :class:`CachedImageDataset`'s; the labels and index are the same."""
+
+    def __init__(self, images: CachedImageDataset, source: ActivationSource, split: str) -> None:
+        self.images = images
+        self.source = source
+        self.offset = source.offset(split)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        store = self.source.store
+        if store is None:
+            return self.images[key]
+        index = key[0] if isinstance(key, tuple) else key
+        return {"activations": store[self.offset + index], "labels": self.images.labels[index],
                 "index": torch.tensor(index)}
 
 
@@ -131,6 +154,7 @@ class CXRDataModule(pl.LightningDataModule):
         self.manifest: pd.DataFrame | None = None
         self.cohort_report: CohortReport | None = None
         self.cache: ImageCache | None = None
+        self.activations: ActivationSource | None = None  # set by callbacks.prefix_cache
 
     def check_root(self) -> None:
         """A user error when ``root`` cannot hold the source (no table is read; nothing to
@@ -192,29 +216,40 @@ class CXRDataModule(pl.LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         """One split in manifest order, not augmented. Every loader has its own generator (the
         workers' base seed), so iterating one never draws from torch's global generator."""
-        return OneOpenCVThreadLoader(CachedImageDataset(self.split_manifest(split), self.cache),
-                                     generator=torch.Generator().manual_seed(self.seed),
-                                     **self._loader_options())
+        return OneOpenCVThreadLoader(
+            self._served(CachedImageDataset(self.split_manifest(split), self.cache), split),
+            generator=torch.Generator().manual_seed(self.seed), **self._loader_options())
+
+    def _served(self, dataset: CachedImageDataset, split: str) -> Dataset:
+        """``dataset``, or its activations when :attr:`activations` serves the split."""
+        if self.activations is None or split not in self.activations.splits:
+            return dataset
+        return ActivationDataset(dataset, self.activations, split)
 
     def _loader_options(self) -> dict:
         """Options of every loader: with workers, each prefetches :data:`PREFETCH_FACTOR`
-        batches (and runs OpenCV on one thread: :mod:`~cxr_lightning.data.workers`)."""
-        workers = {"persistent_workers": True, "prefetch_factor": PREFETCH_FACTOR}
+        batches (and runs OpenCV on one thread: :mod:`~cxr_lightning.data.workers`); they
+        persist, except while activations are served (a new stage's store reaches new ones)."""
+        workers = {"persistent_workers": self.activations is None,
+                   "prefetch_factor": PREFETCH_FACTOR}
         return {"batch_size": self.batch_size, "num_workers": self.num_workers,
                 "pin_memory": torch.cuda.is_available(), "drop_last": False,
                 **(workers if self.num_workers > 0 else {})}
 
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor],
                                 dataloader_idx: int) -> dict[str, torch.Tensor]:
-        """On the device: uint8 grey images -> normalised float with ``channels`` channels."""
+        """On the device: uint8 grey images -> normalised float with ``channels`` channels
+        (a batch of cached activations passes as it is)."""
+        if "image" not in batch:
+            return batch
         return {**batch, "image": self.preprocessing.normalise(batch["image"])}
 
     def train_dataloader(self) -> ResumableDataLoader:
         """The training split, shuffled and augmented per epoch from ``seed``; under DDP each
         rank takes its share of the same order."""
-        dataset = CachedImageDataset(self.split_manifest("train"), self.cache,
-                                     training_augmentation() if self.augment else None,
-                                     seed=self.seed)
+        dataset = self._served(CachedImageDataset(
+            self.split_manifest("train"), self.cache,
+            training_augmentation() if self.augment else None, seed=self.seed), "train")
         trainer = self.trainer
         sampler = EpochSampler(dataset, seed=self.seed,
                                num_replicas=trainer.world_size if trainer else 1,

@@ -385,3 +385,65 @@ def calibrate_batchnorm(trunk: nn.Module, images: Iterable[torch.Tensor]) -> Non
     device = next(trunk.parameters()).device
     update_bn(images, trunk, device=device)
     log.info("Calibrated the BatchNorm statistics of the random-init backbone")
+
+
+POOLED = "pooled"
+"""The boundary after the whole trunk: its pooled features (what the head reads)."""
+
+
+def resnet_steps(trunk: nn.Module) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
+    """A torchvision ResNet's forward as named steps, bottom-up: ``stem``, every block
+    (``layer1.0`` ... ``layer4.<last>``), then the pooling (named :data:`POOLED`). Run in order
+    they are ``trunk.forward`` (torchvision's ``_forward_impl``), the same calls in the same
+    order; ``TypeError`` for any other trunk."""
+    if not isinstance(trunk, models.ResNet):
+        raise TypeError(f"a boundary-split forward needs a torchvision ResNet, got {type(trunk)}")
+
+    def stem(x: torch.Tensor) -> torch.Tensor:
+        return trunk.maxpool(trunk.relu(trunk.bn1(trunk.conv1(x))))
+
+    def pool(x: torch.Tensor) -> torch.Tensor:
+        return trunk.fc(torch.flatten(trunk.avgpool(x), 1))
+
+    steps: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = [("stem", stem)]
+    for stage in reversed(_STAGES):
+        steps.extend((f"{stage}.{i}", block) for i, block in enumerate(getattr(trunk, stage)))
+    steps.append((POOLED, pool))
+    return steps
+
+
+def prefix_modules(trunk: nn.Module, boundary: str) -> list[nn.Module]:
+    """The modules of the trunk's part below ``boundary`` (a block name: the block's input; or
+    :data:`POOLED`): what a cache of the activations at ``boundary`` depends on."""
+    blocks = dict(_resnet_blocks(trunk))
+    below = [name for name, _ in resnet_steps(trunk)[: _cut(trunk, boundary)]]
+    return [blocks[name] if name in blocks else nn.ModuleList([trunk.avgpool, trunk.fc])
+            for name in below]
+
+
+def prefix_forward(trunk: nn.Module, boundary: str, images: torch.Tensor) -> torch.Tensor:
+    """The activations at ``boundary``: the trunk's steps below it, run on ``images``."""
+    x = images.contiguous(memory_format=torch.channels_last)
+    for _, step in resnet_steps(trunk)[: _cut(trunk, boundary)]:
+        x = step(x)
+    return x
+
+
+def suffix_forward(trunk: nn.Module, boundary: str, activations: torch.Tensor) -> torch.Tensor:
+    """The pooled features from the activations at ``boundary``: the trunk's steps from it on.
+    ``suffix_forward(t, b, prefix_forward(t, b, x))`` is ``t(x)``."""
+    x = activations
+    if x.dim() == 4:  # the layout the live forward hands a block
+        x = x.contiguous(memory_format=torch.channels_last)
+    for _, step in resnet_steps(trunk)[_cut(trunk, boundary):]:
+        x = step(x)
+    return x
+
+
+def _cut(trunk: nn.Module, boundary: str) -> int:
+    """How many of the trunk's steps lie below ``boundary`` (all of them for POOLED)."""
+    names = [name for name, _ in resnet_steps(trunk)]
+    if boundary not in names or boundary == "stem":
+        raise ValueError(f"boundary {boundary!r} is not a block above the stem nor {POOLED!r}; "
+                         f"valid: {names[1:]}")
+    return names.index(boundary) + (boundary == POOLED)

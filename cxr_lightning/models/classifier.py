@@ -16,7 +16,7 @@ from torchmetrics.aggregation import SumMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from cxr_lightning.findings import mean_of_defined
-from cxr_lightning.models.backbones import build_backbone, unfreezable_blocks
+from cxr_lightning.models.backbones import build_backbone, suffix_forward, unfreezable_blocks
 from cxr_lightning.models.description import CHECKPOINT_METADATA_KEY, checkpoint_description
 from cxr_lightning.models.formulations import Formulation
 
@@ -27,9 +27,11 @@ class CXRClassifier(pl.LightningModule):
     """A backbone with a fresh linear head, trained under one :class:`Formulation`.
 
     Batches are dicts with ``image`` (N, in_channels, H, W) and ``labels`` (N, 2) float in
-    FINDINGS order (NaN where masked). Validation logs ``val/auroc/{finding}``,
-    ``val/acc/{finding}`` and ``val/auroc/mean``; :meth:`predict_step` returns the per-finding
-    probabilities.
+    FINDINGS order (NaN where masked); while a frozen prefix's activations are cached
+    (:class:`~cxr_lightning.callbacks.prefix_cache.PrefixCache`), training and validation
+    batches hold ``activations`` at :attr:`prefix_boundary` instead, and only the rest runs.
+    Validation logs ``val/auroc/{finding}``, ``val/acc/{finding}`` and ``val/auroc/mean``;
+    :meth:`predict_step` returns the per-finding probabilities.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class CXRClassifier(pl.LightningModule):
         self.val_positives = nn.ModuleDict({f: SumMetric() for f in formulation.findings})
         self.val_labelled = nn.ModuleDict({f: SumMetric() for f in formulation.findings})
         self._warned_undefined: set[str] = set()
+        self.prefix_boundary: str | None = None  # set by callbacks.prefix_cache
 
     def compile_backbone(self, backend: str = "inductor") -> None:
         """Compile the backbone in place (``nn.Module.compile``: parameter names and the
@@ -81,18 +84,25 @@ class CXRClassifier(pl.LightningModule):
         """Logits of shape (N, formulation.num_outputs)."""
         return self.head(self.backbone(images.contiguous(memory_format=torch.channels_last)))
 
+    def batch_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of a batch of images, or of the activations at :attr:`prefix_boundary`."""
+        if "activations" in batch:
+            return self.head(suffix_forward(self.backbone, self.prefix_boundary,
+                                            batch["activations"]))
+        return self(batch["image"])
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.formulation.loss(self(batch["image"]), batch["labels"])
+        loss = self.formulation.loss(self.batch_logits(batch), batch["labels"])
         # not on the progress bar: it would turn the loss into a Python number (a host-device
         # sync) at every refresh
         self.log("train/loss", loss, on_step=True, on_epoch=True,
-                 batch_size=len(batch["image"]), sync_dist=True)
+                 batch_size=len(batch["labels"]), sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        logits = self(batch["image"])
+        logits = self.batch_logits(batch)
         loss = self.formulation.loss(logits, batch["labels"])
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch["image"]),
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch["labels"]),
                  sync_dist=True)
         probabilities = self.formulation.finding_probabilities(logits)
         labels = batch["labels"][:, self.formulation.finding_columns]

@@ -132,6 +132,18 @@ def test_the_same_multirun_again_gives_the_same_comparison_table(multirun):
         assert one["predictions"] == two["predictions"], job
 
 
+def test_later_formulations_reuse_the_first_ones_activation_caches(multirun):
+    """binary's first model and the multilabel and multiclass models start from one backbone
+    (seed 42): the stores the first job built (or found) are reused, not built again."""
+    boundaries = ["layer4.1", "pooled"]  # resnet18's head-only and +layer4.1 settings
+    for job in ("1_multilabel", "2_multiclass"):
+        log = (multirun["sweep"] / job / "train.log").read_text()
+        assert sorted(re.findall(r"Activation cache at (\S+): reusing", log)) == boundaries, job
+        assert "building" not in log, job
+    binary = (multirun["sweep"] / "0_binary" / "train.log").read_text()
+    assert len(re.findall(r"Activation cache at (\S+): (?:building|reusing)", binary)) == 4
+
+
 def _wandb_files(sweep: Path) -> list[Path]:
     runs = list(sweep.glob("*/wandb/offline-run-*"))
     assert len(runs) == 3, runs  # one offline run per job, the binary pair included

@@ -468,3 +468,25 @@ def test_progressive_unfreezing_with_a_densenet_trunk(tmp_path: Path) -> None:
     assert changed, "the unfrozen block did not train"
     assert all(k.startswith(top_keys) for k in changed), "a frozen weight or BN buffer changed"
     assert "features.norm5.weight" in changed
+
+
+@pytest.mark.parametrize("boundary", ["pooled", "layer4.1", "layer4.0", "layer1.0"])
+def test_a_boundary_split_forward_is_the_trunks_forward(boundary):
+    torch.manual_seed(0)
+    trunk, _ = backbones.build_backbone("resnet18", None)
+    trunk.eval()
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        activations = backbones.prefix_forward(trunk, boundary, images)
+        split = backbones.suffix_forward(trunk, boundary, activations)
+        assert torch.equal(split, trunk(images.contiguous(memory_format=torch.channels_last)))
+    expected_shape = {"pooled": (4, 512), "layer4.1": (4, 512, 1, 1), "layer4.0": (4, 256, 2, 2),
+                      "layer1.0": (4, 64, 8, 8)}[boundary]  # 32 px: /2 stem conv, /2 max pool
+    assert tuple(activations.shape) == expected_shape
+
+
+def test_a_split_at_the_stem_or_an_unknown_block_is_refused():
+    trunk, _ = backbones.build_backbone("resnet18", None)
+    for boundary in ("stem", "layer5.0"):
+        with pytest.raises(ValueError, match="is not a block above the stem"):
+            backbones.prefix_forward(trunk, boundary, torch.zeros(1, 3, 32, 32))
