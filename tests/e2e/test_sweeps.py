@@ -68,7 +68,7 @@ def test_resume_skips_complete_jobs_and_reruns_the_rest(failed_then_resumed):
         failed_then_resumed["after_first"]["0_multilabel"])
     assert not (sweep / "1_multilabel" / "failed.json").exists()
     rerun = json.loads((sweep / "1_multilabel" / "results.json").read_text())
-    assert "+model.optimizer.eps=1e-7" in rerun["overrides"]
+    assert "+model.optimizer.eps=1e-07" in rerun["overrides"]
     assert rerun["config"]["model"]["optimizer"]["eps"] == 1e-7
     table = pd.read_csv(sweep / "comparison.csv")
     assert sorted(table["job"]) == ["0_multilabel", "1_multilabel"]
