@@ -13,6 +13,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+HELPERS = PROJECT_ROOT / "tests" / "helpers"
 TINY = ["data.sample.n_subjects=40", "data.image_size=32", "trainer.max_epochs=1",
         "unfreeze.max_blocks=1", "logger=csv"]
 
@@ -20,6 +21,7 @@ TINY = ["data.sample.n_subjects=40", "data.image_size=32", "trainer.max_epochs=1
 def _train(*arguments: str, wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
     command = [sys.executable, "-m", "cxr_lightning.train", *arguments]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MIMIC_CXR"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HELPERS), env.get("PYTHONPATH")]))
     if not wait:
         return subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -76,7 +78,7 @@ def test_resume_skips_complete_jobs_and_reruns_the_rest(failed_then_resumed):
 
 def test_two_sweeps_started_together_get_distinct_directories(tmp_path, cli_data):
     outputs = tmp_path / "outputs"
-    launches = [_train("-m", "formulation=multilabel", "model.lr=-1", *TINY,
+    launches = [_train("-m", "formulation=multilabel", "+model.optimizer.eps=-1", *TINY,
                        f"paths.root_dir={tmp_path / str(k)}", f"paths.data_dir={cli_data}",
                        f"paths.output_dir={outputs}",
                        wait=False)
@@ -93,7 +95,9 @@ def test_a_second_sweep_into_a_busy_sweep_directory_is_refused(tmp_path, cli_dat
     sweep = tmp_path / "sweep"
     common = ["-m", "formulation=multilabel", *TINY, f"paths.root_dir={tmp_path}",
               f"paths.data_dir={cli_data}", f"hydra.sweep.dir={sweep}"]
-    first = _train(*common, "seed=1", wait=False)
+    release = tmp_path / "release"  # sweep A holds at its first batch until it exists
+    first = _train(*common, "seed=1", "+callbacks.hold._target_=hold.HoldUntil",
+                   f"+callbacks.hold.path={release}", wait=False)
     started = sweep / "0_multilabel" / "config_resolved.yaml"
     while not started.is_file() and first.poll() is None:
         time.sleep(0.5)
@@ -104,6 +108,7 @@ def test_a_second_sweep_into_a_busy_sweep_directory_is_refused(tmp_path, cli_dat
     assert (f"the sweep directory {sweep} is in use by another process"
             in second.stdout + second.stderr)
     assert [p.stat().st_mtime_ns for p in kept] == before
+    release.touch()
     output, _ = first.communicate(timeout=600)
     assert first.returncode == 0, output[-3000:]
     assert "seed=1" in json.loads((sweep / "0_multilabel" / "results.json").read_text())[
