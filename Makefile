@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: sync install train test test-fast lint format clean bench-data bench-unfreeze bench-gpu report bench-eval bench-predict sweep exp1 exp2 exp1-table1 rehearse
+.PHONY: sync install train test test-fast lint format clean bench-data bench-unfreeze bench-gpu report bench-eval bench-predict sweep exp1 exp2 exp1-table1 rehearse study
 
 install: $(STAMP)
 
@@ -17,6 +17,12 @@ $(STAMP): pyproject.toml
 ## The main job: the three formulations on the embedded sample (or MIMIC-CXR when configured).
 train: install
 	$(BIN)/python -m cxr_lightning.train -m formulation=binary,multilabel,multiclass
+
+## The whole study, resumably, into outputs/study: cohort (Table 2), cache, baseline, Table 1's
+## schedule, experiment II, REPORT.md. Rerun to continue; STUDY_ARGS="--seeds 3 ..." adds options.
+STUDY_ARGS ?=
+study: install
+	$(BIN)/python -m cxr_lightning.study $(STUDY_ARGS)
 
 ## Sweeps (on the embedded sample unless a dataset is configured; ARGS="..." adds overrides).
 ARGS ?=
