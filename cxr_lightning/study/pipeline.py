@@ -116,7 +116,8 @@ class Study:
             record.update(status="done" if ok else "failed",
                           seconds=round(time.monotonic() - start, 1))
             self.save()
-            progress.update(part.name, *self._counts(part), timed=part.trains)
+            counts = self._counts(part) if part.trains else (int(ok), 1, int(not ok))
+            progress.update(part.name, *counts, timed=part.trains)
             all_ok &= ok
         return all_ok
 
