@@ -1,4 +1,4 @@
-"""``cxr-study [--dir DIR] [--seeds N] [--parts ...] [OVERRIDE ...]``: the whole study, resumably.
+"""``cxr-study [--dir DIR] [--seeds N] [--parts P,...] [OVERRIDE ...]``: the whole study, resumably.
 
 Runs, in order, into one study directory: the cohort (Table 2 beside the study's counts, and the
 list of its images to download), the cache, the baseline (binary, backbone frozen, until early
@@ -27,6 +27,15 @@ from cxr_lightning.study.pipeline import Study
 log = logging.getLogger(__name__)
 
 
+def _part_names(text: str) -> list[str]:
+    names = text.split(",")
+    unknown = [name for name in names if name not in PART_NAMES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown part(s) {unknown}: choose among "
+                                         f"{','.join(PART_NAMES)}")
+    return names
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = command_parser("cxr_lightning.study", __doc__.split(":", 1)[1].strip())
     parser.add_argument("--dir", type=Path, default=None,
@@ -34,8 +43,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "else ./outputs/study)")
     parser.add_argument("--seeds", type=int, default=None,
                         help="experiment II's seeds (default: 1 on the sample, 3 otherwise)")
-    parser.add_argument("--parts", nargs="+", choices=PART_NAMES, default=list(PART_NAMES),
-                        help="which parts run (in the study's order whatever the order given)")
+    parser.add_argument("--parts", type=_part_names, default=",".join(PART_NAMES),
+                        help="comma-separated parts to run (in the study's order whatever the "
+                             "order given)")
     parser.add_argument("--log-level", default="INFO", help="logging level")
     parser.add_argument("overrides", nargs="*", metavar="OVERRIDE",
                         help="cxr-train overrides for every part, e.g. data.root=...")

@@ -22,7 +22,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 def test_mimic_cxr_root_runs_the_paper_configuration(tmp_path, small_sample):
     study = tmp_path / "study"
     command = [sys.executable, "-m", "cxr_lightning.study", "--dir", str(study),
-               "--parts", "cohort", "cache", "baseline", f"paths.root_dir={tmp_path}",
+               "--parts", "cohort,cache,baseline", f"paths.root_dir={tmp_path}",
                "logger=csv", "trainer.max_epochs=2", *CPU_OVERRIDES]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MIMIC_CXR"))}
     env["MIMIC_CXR_ROOT"] = str(small_sample)

@@ -20,7 +20,7 @@ TINY = ["data.sample.n_subjects=40", "data.image_size=32", "trainer.max_epochs=1
 
 def _study(home: Path, data: Path, *, wait: bool) -> subprocess.Popen | subprocess.CompletedProcess:
     command = [sys.executable, "-m", "cxr_lightning.study", "--dir", str(home / "study"),
-               "--parts", "formulations", "report", "--seeds", "1",
+               "--parts", "formulations,report", "--seeds", "1",
                f"paths.root_dir={home}", f"paths.data_dir={data}", *TINY]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MIMIC_CXR"))}
     if wait:

@@ -75,15 +75,26 @@ def study_dir(tmp_path_factory):
     return study, baseline
 
 
+@pytest.fixture(scope="module")
+def report_text(study_dir) -> str:
+    """REPORT.md as ``cxr-report STUDY_DIR`` writes it."""
+    study, _ = study_dir
+    path = report_main([str(study), "--n-bootstrap", "50"])
+    assert path == study / "REPORT.md"
+    return path.read_text()
+
+
+@pytest.fixture(scope="module")
+def compiled(study_dir):
+    return compile_study(study_dir[0], n_bootstrap=50)
+
+
 def _section(text: str, heading: str) -> str:
     return text.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
 
 
-def test_report_sets_ours_beside_the_studys_figures(study_dir):
-    study, _ = study_dir
-    report_path = report_main([str(study), "--n-bootstrap", "50"])
-    assert report_path == study / "REPORT.md"
-    text = report_path.read_text()
+def test_report_sets_ours_beside_the_studys_figures(study_dir, report_text):
+    study, text = study_dir[0], report_text
     table3 = _section(text, "Table 3 beside the study's")
     for formulation, (edema, effusion) in STUDY_ACCURACY.items():
         row = next(line for line in table3.splitlines()
@@ -108,9 +119,8 @@ def test_report_sets_ours_beside_the_studys_figures(study_dir):
     assert "DeLong" in _section(text, "Paired tests between formulations")
 
 
-def test_the_baseline_stopping_epoch_is_its_members(study_dir):
-    study, baseline = study_dir
-    report = compile_study(study, n_bootstrap=50)
+def test_the_baseline_stopping_epoch_is_its_members(study_dir, compiled):
+    baseline, report = study_dir[1], compiled
     members = json.loads((baseline / "results.json").read_text())["members"]
     assert report.baseline["model"].tolist() == ["binary-edema", "binary-effusion"]
     assert report.baseline["epochs"].tolist() == [7, 7]
@@ -118,10 +128,8 @@ def test_the_baseline_stopping_epoch_is_its_members(study_dir):
         m["stages"][-1]["best_epoch"] for m in members]
 
 
-def test_departures_are_listed_from_the_configuration(study_dir):
-    study, _ = study_dir
-    text = report_main([str(study), "--n-bootstrap", "50"]).read_text()
-    differs = _section(text, "How this run differs from the study")
+def test_departures_are_listed_from_the_configuration(report_text):
+    differs = _section(report_text, "How this run differs from the study")
     assert "`model.backbone` is `resnet18`; the study's is `resnet152`" in differs
     assert "`data.image_size` is `64`; the study's is `512`" in differs
     assert "embedded MIMIC-CXR-format sample" in differs
@@ -129,9 +137,8 @@ def test_departures_are_listed_from_the_configuration(study_dir):
     assert "[[7, 1], [10, 2], [14, 3]]" in differs and "over 16 epochs" in differs
 
 
-def test_figure5_is_a_scatter_with_the_studys_points(study_dir):
-    study, _ = study_dir
-    report = compile_study(study, n_bootstrap=50)
+def test_figure5_is_a_scatter_with_the_studys_points(compiled):
+    report = compiled
     points = published_accuracy(report.formulations.table3)
     figure = figures.accuracy_figure(report.formulations.accuracy, points)
     (axis,) = figure.axes
