@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cxr_lightning.data.cohort import cohort_summary, write_download_list
 from cxr_lightning.data.sources import build_manifest
+from cxr_lightning.errors import BadValueError
 from cxr_lightning.job_record import sweep_jobs
 from cxr_lightning.report.study import (
     PART_DIRS,
@@ -73,8 +74,11 @@ class Study:
         if not path.is_file():
             self.dir.mkdir(parents=True, exist_ok=True)
             shown = subprocess.run([*TRAIN, "--cfg", "job", "--resolve", self.preset,
-                                    *self.overrides],
-                                   capture_output=True, text=True, check=True)
+                                    *self.overrides], capture_output=True, text=True)
+            if shown.returncode != 0:
+                first = (shown.stderr.strip().splitlines() or ["(no message)"])[0]
+                raise BadValueError(f"cxr-train refuses the study's overrides {self.overrides}: "
+                                    f"{first}")
             path.write_text(shown.stdout)
         return OmegaConf.create(yaml.safe_load(path.read_text()))
 
