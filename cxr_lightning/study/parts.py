@@ -23,7 +23,8 @@ TRAINING_OVERRIDES: dict[str, tuple[str, ...]] = {
     "table1": ("experiment=exp1_table1",),
     "formulations": (f"formulation={FORMULATIONS}",),
 }
-"""The training parts' own overrides (experiment II adds ``seed=1,...,N``)."""
+"""The training parts' own overrides (experiment II adds ``seed=1,...,N`` before its own, so
+that Hydra numbers its jobs seed by seed and a rerun with more seeds reuses the complete ones)."""
 SAMPLE_OVERRIDES: dict[str, tuple[str, ...]] = {
     "baseline": ("trainer.max_epochs=40",),
     "table1": ("unfreeze.schedule=[[7,1],[10,2],[14,3]]", "trainer.max_epochs=16"),
@@ -63,8 +64,8 @@ def study_parts(names: list[str] | tuple[str, ...], preset: str, seeds: int) -> 
             continue
         overrides = (*TRAINING_OVERRIDES.get(name, ()),
                      *(SAMPLE_OVERRIDES.get(name, ()) if preset == SAMPLE else ()))
-        if name == "formulations":
-            overrides += (f"seed={','.join(str(s) for s in range(1, seeds + 1))}",)
+        if name == "formulations":  # seeds outermost: more seeds later keep the jobs' numbers
+            overrides = (f"seed={','.join(str(s) for s in range(1, seeds + 1))}", *overrides)
         parts.append(Part(name, overrides))
     return parts
 

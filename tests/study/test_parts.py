@@ -21,7 +21,7 @@ def test_parts_run_in_the_study_order_with_the_seeds_asked_for():
     parts = study_parts(["report", "formulations", "cohort"], "paper", seeds=2)
     assert [p.name for p in parts] == ["cohort", "formulations", "report"]
     assert [p.trains for p in parts] == [False, True, False]
-    assert parts[1].overrides == ("formulation=binary,multilabel,multiclass", "seed=1,2")
+    assert parts[1].overrides == ("seed=1,2", "formulation=binary,multilabel,multiclass")
     every = study_parts(PART_NAMES, "sample", seeds=1)
     table1 = next(p for p in every if p.name == "table1")
     assert "experiment=exp1_table1" in table1.overrides

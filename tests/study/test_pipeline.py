@@ -26,7 +26,7 @@ def test_a_failed_part_leaves_the_others_running_and_a_complete_one_is_skipped(t
         "cohort": "done", "baseline": "failed", "table1": "done", "formulations": "done",
         "report": "done"}
     assert state["parts"]["formulations"]["overrides"] == [
-        "formulation=binary,multilabel,multiclass", "seed=1,2"]
+        "seed=1,2", "formulation=binary,multilabel,multiclass"]
     assert (state["preset"], state["seeds"], state["overrides"]) == ("sample", 2, ["logger=csv"])
     # 1 + 1 + 1 + 1 + 6 + 1 jobs; the training parts' count their results.json (none here):
     # the cohort, the cache and the report are done
