@@ -48,6 +48,11 @@ def sample() -> int:
     return _run("cxr_lightning.data.sample.__main__")
 
 
+def study() -> int:
+    """``cxr-study``: ``python -m cxr_lightning.study``."""
+    return _run("cxr_lightning.study.__main__")
+
+
 def program_name(module: str) -> str:
     """The command as the user typed it: the console script's name, else ``python -m module``."""
     typed = os.path.basename(sys.argv[0])

@@ -21,7 +21,7 @@ CODE_SPAN = re.compile(r"`[^`\n]*`")
 LINK = re.compile(r"\[[^\]\n]*\]\(([^)\s]+)\)")
 HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.M)
 CODE = re.compile(r"^```[^\n]*\n(.*?)^```|`([^`]+)`", re.S | re.M)
-SCRIPTS = ("predict", "export", "report", "cache", "cohort", "sample")
+SCRIPTS = ("predict", "export", "report", "cache", "cohort", "sample", "study")
 SCRIPT_CALL = re.compile(rf"cxr-({'|'.join(SCRIPTS)})\b(.*?)(?=cxr-|$)", re.S)
 
 

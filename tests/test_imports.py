@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
               "cxr_lightning.integrity",
               "cxr_lightning.commands", "cxr_lightning.resolvers", "cxr_lightning.preset",
               "cxr_lightning.provenance", "cxr_lightning.console",
-              "cxr_lightning.config_checks")),
+              "cxr_lightning.config_checks", "cxr_lightning.published")),
     ("data", ("cxr_lightning.data",)),
     ("models", ("cxr_lightning.models",)),
     ("callbacks", ("cxr_lightning.callbacks",)),
@@ -36,12 +36,15 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                   "cxr_lightning.results", "cxr_lightning.sweep", "cxr_lightning.tracking",
                   "cxr_lightning.csv_log")),
     ("report", ("cxr_lightning.report",)),
+    # the whole study: runs the cohort, the cache, cxr-train multiruns and the report
+    ("study", ("cxr_lightning.study",)),
     ("entry points", ("cxr_lightning.predict", "cxr_lightning.export")),
 )
 """Module prefixes per layer, lowest first; a module belongs to its longest matching prefix."""
 
 ENTRY_POINTS = frozenset({"cxr_lightning.train", "cxr_lightning.predict",
-                          "cxr_lightning.export", "cxr_lightning.report.__main__"})
+                          "cxr_lightning.export", "cxr_lightning.report.__main__",
+                          "cxr_lightning.study.__main__"})
 """Commands: they may import any layer, and no module imports them."""
 
 KNOWN_EXCEPTIONS: frozenset[tuple[str, str]] = frozenset()

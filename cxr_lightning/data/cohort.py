@@ -7,11 +7,17 @@ images dropped by each rule); its last stdout line is one JSON object::
 
     python -m cxr_lightning.data.cohort --root DIR [--source mimic_cxr] [--labeler negbio]
         [--views PA AP] [--split official|random_patient] [--split-seed 0]
-        [--policy edema=mask effusion=drop] [--out table.csv]
+        [--policy edema=mask effusion=drop] [--out table.csv] [--download-list files.txt]
 
 The split defaults to the one training uses for the source (``conf/data/<source>.yaml``'s
 ``data.split``: :data:`TRAINING_SPLITS`), so the table is the one a job trains on; the log and
 the JSON (``split``, ``split_seed``) name it.
+
+``--download-list`` writes the cohort's image paths relative to the source's project (for
+MIMIC-CXR: ``files/p10/p10000032/s50414267/<dicom_id>.dcm``, one a line), to fetch only the
+cohort: ``wget -x -nH -i files.txt -B https://physionet.org/files/mimic-cxr/2.0.0/`` or the same
+keys from PhysioNet's cloud buckets. The cohort is built from the tables alone, so the list can
+be written before any image is downloaded (an empty ``files/`` directory is enough).
 """
 
 from __future__ import annotations
@@ -68,6 +74,19 @@ def cohort_summary(manifest: pd.DataFrame, report: CohortReport) -> pd.DataFrame
     return table
 
 
+def download_list(manifest: pd.DataFrame) -> list[str]:
+    """The cohort's image paths relative to the source's project (the manifest's ``path``),
+    sorted, each once."""
+    return sorted(set(manifest["path"].astype(str)))
+
+
+def write_download_list(manifest: pd.DataFrame, path: Path) -> Path:
+    """Write :func:`download_list` to ``path``, one path a line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{line}\n" for line in download_list(manifest)))
+    return path
+
+
 def _policy_pair(text: str) -> tuple[str, str]:
     finding, sep, name = text.partition("=")
     if not sep:
@@ -100,6 +119,9 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, SourceO
     parser.add_argument("--split-seed", type=int, default=0,
                         help="seed of a random split (data.split_seed)")
     parser.add_argument("--out", type=Path, default=None, help="save the table as CSV")
+    parser.add_argument("--download-list", type=Path, default=None, metavar="FILE",
+                        help="write the cohort's image paths, relative to --root, one a line "
+                             "(for wget -i or a cloud bucket)")
     parser.add_argument("--log-level", default="INFO", help="logging level")
     args = parser.parse_args(argv)
     if args.split is None:
@@ -127,6 +149,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         summary.to_csv(args.out)
         log.info("Saved the cohort table to %s", args.out)
+    if args.download_list is not None:
+        write_download_list(manifest, args.download_list)
+        log.info("Wrote the paths of the cohort's %d images to %s", len(manifest),
+                 args.download_list)
     counts = asdict(report) | {"split": options.split, "split_seed": options.split_seed,
                                "table": cohort_table(manifest).to_dict(orient="index")}
     sys.stdout.write(json.dumps(counts) + "\n")

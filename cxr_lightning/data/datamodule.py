@@ -169,10 +169,14 @@ class CXRDataModule(pl.LightningDataModule):
         """
         if self.manifest is not None:
             return
+        self.ensure_sample()
+        self._load()
+
+    def ensure_sample(self) -> None:
+        """Generate the sample into ``root`` when asked (``sample``) and not complete there."""
         if self.sample is not None and not is_complete_sample(self.root):
             out_dir, layout = sample_out_dir(self.root)
             ensure_sample(out_dir, layout, trainable=True, **self.sample)
-        self._load()
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()

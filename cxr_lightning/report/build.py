@@ -108,14 +108,16 @@ def compile_report(sweep_dir: Path, n_bootstrap: int = N_BOOTSTRAP) -> SweepRepo
     )
 
 
-def report_figures(report: SweepReport) -> list[ReportFigure]:
+def report_figures(report: SweepReport,
+                   published_accuracy: pd.DataFrame | None = None) -> list[ReportFigure]:
     """Figures 4 to 8 and the reliability diagram of a compiled report, drawn (matplotlib
-    ``Figure`` objects)."""
+    ``Figure`` objects); ``published_accuracy`` adds the study's accuracies to Figure 5."""
     drawn = [ReportFigure("figure4_confusion",
                           "Figure 4: confusion matrices at threshold 0.5 ([[TN, FP], [FN, TP]])",
                           figures.confusion_figure(report.confusion), report.confusion),
              ReportFigure("figure5_accuracy", "Figure 5: test accuracy per finding",
-                          figures.accuracy_figure(report.accuracy), report.accuracy)]
+                          figures.accuracy_figure(report.accuracy, published_accuracy),
+                          report.accuracy)]
     for finding, number in ROC_FIGURE_NUMBERS.items():
         if len(report.roc[finding]):
             bands = report.roc_bands[finding]
@@ -209,8 +211,18 @@ def write_report(report: SweepReport, out_dir: Path | None = None) -> Path:
     """Write a compiled report into ``out_dir`` (default ``SWEEP_DIR/report``): report.md,
     each figure as PNG + CSV, and the tables as CSV. Returns report.md's path."""
     out_dir = Path(out_dir) if out_dir is not None else report.sweep_dir / "report"
-    out_dir.mkdir(parents=True, exist_ok=True)
     figure_list = report_figures(report)
+    write_report_files(report, figure_list, out_dir)
+    path = out_dir / "report.md"
+    path.write_text(report_markdown(report, figure_list))
+    log.info("Wrote the report of %d jobs to %s", len(report.jobs), path)
+    return path
+
+
+def write_report_files(report: SweepReport, figure_list: list[ReportFigure],
+                       out_dir: Path) -> None:
+    """Each figure as PNG + CSV and the tables as CSV, into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     for item in figure_list:
         figures.save_figure(item.figure, item.data, out_dir, item.name)
         for key, frame in item.extra.items():
@@ -222,7 +234,3 @@ def write_report(report: SweepReport, out_dir: Path | None = None) -> Path:
                         ("confusion_per_job", report.confusion_per_job),
                         ("consistency", report.checks)):
         frame.to_csv(out_dir / f"{name}.csv", index=False)
-    path = out_dir / "report.md"
-    path.write_text(report_markdown(report, figure_list))
-    log.info("Wrote the report of %d jobs to %s", len(report.jobs), path)
-    return path

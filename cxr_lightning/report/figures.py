@@ -59,8 +59,10 @@ def confusion_figure(pooled: pd.DataFrame) -> Figure:
     return figure
 
 
-def accuracy_figure(bars: pd.DataFrame) -> Figure:
-    """Figure 5: test accuracy per finding, one bar per setting, with its CI or sd error bar."""
+def accuracy_figure(bars: pd.DataFrame, published: pd.DataFrame | None = None) -> Figure:
+    """Figure 5, a scatter as the study draws it: test accuracy per finding, one point per
+    setting with its CI or sd error bar; ``published`` (``setting``, ``finding``, ``accuracy``
+    rows) adds the study's own figure beside each setting as a hollow star."""
     colours = _colours(bars["setting"])
     figure = _figure(2.0 + 1.2 * len(colours) * len(FINDINGS) / 2, 4.0)
     axis = figure.subplots()
@@ -68,11 +70,15 @@ def accuracy_figure(bars: pd.DataFrame) -> Figure:
     for k, (setting, rows) in enumerate(bars.groupby("setting", sort=False)):
         rows = rows.set_index("finding").loc[list(FINDINGS)]
         x = np.arange(len(FINDINGS)) + (k - (len(colours) - 1) / 2) * width
-        axis.bar(x, rows["accuracy"], width, color=colours[setting], label=setting)
+        axis.scatter(x, rows["accuracy"], color=colours[setting], label=setting, zorder=3)
         # drawn as lines, not yerr: a percentile CI need not contain the point estimate
-        axis.vlines(x, rows["low"], rows["high"], color="black", linewidth=1)
-        for end in ("low", "high"):
-            axis.hlines(rows[end], x - width / 6, x + width / 6, color="black", linewidth=1)
+        axis.vlines(x, rows["low"], rows["high"], color=colours[setting], linewidth=1)
+        theirs = (published[published["setting"] == setting].set_index("finding")
+                  .reindex(list(FINDINGS))["accuracy"] if published is not None else None)
+        if theirs is not None and theirs.notna().any():
+            axis.scatter(x + width / 3, theirs, marker="*", s=90, facecolors="none",
+                         edgecolors=colours[setting], zorder=3,
+                         label=f"{setting}: the study's (published)")
     intervals = sorted(set(bars["interval"]) - {""})
     axis.set(xticks=np.arange(len(FINDINGS)), xticklabels=FINDINGS, ylim=(0, 1),
              ylabel="test accuracy at 0.5",

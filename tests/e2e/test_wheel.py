@@ -59,7 +59,7 @@ def test_cxr_train_runs_from_outside_the_repository(installed, tmp_path):
 
 
 SCRIPTS = ["cxr-train", "cxr-predict", "cxr-export", "cxr-report", "cxr-cache", "cxr-cohort",
-           "cxr-sample"]
+           "cxr-sample", "cxr-study"]
 
 
 def test_console_scripts(installed, tmp_path):

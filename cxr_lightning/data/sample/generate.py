@@ -46,6 +46,7 @@ from cxr_lightning.data.sample.render import (
 from cxr_lightning.data.sources.mimic import RECORD_LIST, image_path, study_directory, table_name
 from cxr_lightning.errors import UserError
 from cxr_lightning.integrity import exclusive_lock, write_atomic
+from cxr_lightning.published import TABLE2_IMAGES
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +72,8 @@ CHEXPERT_FINDINGS: tuple[str, ...] = (
 )  # fmt: skip
 """The 14 CheXpert/NegBio label columns, in MIMIC-CXR's order and spelling."""
 
-COHORT_COUNTS: dict[tuple[int, int], int] = {(0, 0): 11548, (0, 1): 5709, (1, 0): 2310,
-                                             (1, 1): 14136}
-"""Studies per known (edema, effusion) combination in the study's cohort."""
+COHORT_COUNTS: dict[tuple[int, int], int] = TABLE2_IMAGES
+"""Images per known (edema, effusion) combination in the study's cohort (its Table 2)."""
 
 METADATA_COLUMNS: tuple[str, ...] = (
     "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition",
