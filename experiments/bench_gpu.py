@@ -41,7 +41,7 @@ import pytorch_lightning as pl
 import torch
 from bench_data import synthetic_pixels, write_dicom
 from bench_predict import end_to_end_throughput, synthetic_radiographs
-from bench_unfreeze import STAGES, trainable_blocks
+from bench_unfreeze import CACHE_SUFFIX, STAGES, trainable_blocks
 from torch.utils.flop_counter import FlopCounterMode
 
 from cxr_lightning.callbacks.unfreeze import ProgressiveUnfreezing
@@ -57,7 +57,10 @@ PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, 
                     "A10": 125.0, "RTX 4090": 165.0, "RTX 3090": 71.0}
 """Dense bf16 tensor-core peaks (vendor data sheets, SXM where there are several)."""
 
-TRAINING_STAGES = [stage for stage in STAGES if stage != "naive-head"]
+TRAINING_STAGES = [stage for stage in STAGES
+                   if stage != "naive-head" and not stage.endswith(CACHE_SUFFIX)]
+"""The settings trained through the real loop on images (bench_unfreeze's ``+cache`` variants
+time the step on stored activations instead)."""
 
 
 def peak_tflops(device: torch.device) -> float | None:
