@@ -1,7 +1,8 @@
 """Run the study's parts in order into one study directory, resumably.
 
-Every training part is a ``cxr-train -m ... hydra.sweep.dir=<study>/<part> resume=true``
-multirun through the real CLI (its output in ``<part>/cxr-train.log``): complete jobs
+Every training part is a ``cxr-train -m ... hydra.sweep.dir=<study>/<part>`` multirun through
+the real CLI (its output in ``<part>/cxr-train.log``), with ``resume=true`` once a job of it has
+started (``cxr-train`` refuses a resume with nothing to resume): complete jobs
 (results.json, written last) are skipped, so a rerun after a kill or a failure redoes nothing
 complete, and a failed job leaves the sweep's other jobs and the later parts running. The cohort
 and cache parts use the resolved configuration of the same overrides (``config.yaml``), and
@@ -25,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from cxr_lightning.data.cohort import cohort_summary, write_download_list
 from cxr_lightning.data.sources import build_manifest
 from cxr_lightning.errors import BadValueError
-from cxr_lightning.job_record import sweep_jobs
+from cxr_lightning.job_record import JobRecord, sweep_jobs
 from cxr_lightning.report.study import (
     PART_DIRS,
     STUDY_FILE,
@@ -150,8 +151,10 @@ class Study:
 
     def _train(self, part: Part, directory: Path, record: dict[str, Any],
                progress: Progress) -> bool:
+        started = directory.is_dir() and any(
+            JobRecord(job).has_started_before() for job in directory.iterdir() if job.is_dir())
         command = [*TRAIN, "-m", *self.train_overrides(part), f"hydra.sweep.dir={directory}",
-                   "resume=true"]
+                   *(["resume=true"] if started else [])]
         record["command"] = command
         self.save()
         directory.mkdir(parents=True, exist_ok=True)
